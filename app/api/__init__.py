@@ -1,0 +1,1 @@
+"""HTTP layer: Litestar controllers and response schemas."""

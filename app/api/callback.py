@@ -1,0 +1,133 @@
+"""`POST /callback`: the Tencent IM callback target."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+from litestar import Request, Response, post
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.spec import (
+    Example,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+)
+
+from app.api.services import services
+from app.groupcommit import StoreUnavailable
+from app.ingest import CallbackError, authenticate, decode_callback
+
+REPLY_DEADLINE_SECONDS = 1.5  # Tencent waits 2 s; answer 503 before that rather than hang
+OK_BODY = b'{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}'
+JSON = "application/json"
+
+DOC_SAMPLE = {
+    "CallbackCommand": "Profile.CallbackPortraitSet",
+    "Operator_Account": "id1",
+    "From_Account": "id1",
+    "EventTime": 1656921052497,
+    "ProfileItem": [
+        {"Tag": "Tag_Profile_IM_Nick", "Value": "nick1"},
+        {"Tag": "Tag_Profile_IM_Gender", "Value": "Gender_Type_Male"},
+        {"Tag": "Tag_Profile_IM_AllowType", "Value": "AllowType_Type_NeedConfirm"},
+        {"Tag": "Tag_Profile_Custom_Data", "Value": "your custom data"},
+    ],
+}
+
+
+class CallbackReply(msgspec.Struct):
+    """The reply Tencent IM expects."""
+
+    ActionStatus: str
+    ErrorCode: int
+    ErrorInfo: str
+
+
+def fail(status: int, reason: str) -> Response[bytes]:
+    """A FAIL reply with `status`."""
+    body = msgspec.json.encode(CallbackReply("FAIL", 1, reason))
+    return Response(content=body, status_code=status, media_type=JSON)
+
+
+@dataclass
+class CallbackOperation(Operation):
+    """Documents the raw JSON body, which the handler reads itself so that bad bodies are kept."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            description="The JSON body Tencent IM posts; any CallbackCommand is accepted.",
+            content={
+                JSON: OpenAPIMediaType(
+                    schema=Schema(type=OpenAPIType.OBJECT, required=["CallbackCommand"]),
+                    examples={"doc-sample": Example(summary="Profile.CallbackPortraitSet", value=DOC_SAMPLE)},
+                )
+            },
+        )
+
+
+async def receive_callback(request: Request) -> Response[bytes]:  # type: ignore[type-arg]
+    """Record one callback delivery; reply OK only after it is committed."""
+    svc = services(request.app.state)
+    settings = svc.settings
+    query = {key: value for key, value in request.query_params.items()}
+    try:
+        sdkappid = authenticate(
+            query,
+            sdkappids=settings.sdkappids,
+            token=settings.callback_token,
+            now=time.time(),
+        )
+    except CallbackError as exc:
+        return fail(exc.status, exc.reason)
+    try:
+        raw = await request.body()
+    except RequestEntityTooLarge:
+        return fail(413, f"body is larger than {settings.max_body_bytes} bytes")
+    client = request.client
+    try:
+        event = decode_callback(
+            query,
+            raw,
+            sdkappid=sdkappid,
+            received_at=datetime.now(UTC),
+            peer=client.host if client else None,
+        )
+    except CallbackError as exc:
+        if exc.keep:
+            try:
+                await svc.keep_rejected(sdkappid=sdkappid, query=query, body=raw, reason=exc.reason)
+            except Exception:
+                return fail(503, "database unavailable; the delivery was not kept")
+        return fail(exc.status, exc.reason)
+    try:
+        await asyncio.wait_for(svc.committer.append(event), REPLY_DEADLINE_SECONDS)
+    except StoreUnavailable as exc:
+        return fail(503, str(exc))
+    except TimeoutError:
+        return fail(503, "database did not commit in time")
+    return Response(content=OK_BODY, status_code=200, media_type=JSON)
+
+
+def callback_handler(max_body_bytes: int) -> HTTPRouteHandler:
+    """The route handler, with the body limit from the settings."""
+    return post(
+        "/callback",
+        operation_id="receiveCallback",
+        summary="Receive a Tencent IM callback",
+        description=(
+            "Query string and body exactly as Tencent IM sends them. 200 with the OK reply once"
+            " the event is committed (also for a repeated delivery); 4xx/5xx with the FAIL reply."
+        ),
+        tags=["callback"],
+        request_max_body_size=max_body_bytes,
+        operation_class=CallbackOperation,
+        response_description="The OK reply, sent after the commit",
+    )(receive_callback)

@@ -1,0 +1,40 @@
+"""What the HTTP handlers share: settings, the engine, the group committer; kept on app.state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from litestar.datastructures import State
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+from app.database import driver_connection
+from app.eventstore import EventStore
+from app.groupcommit import GroupCommitter
+
+
+@dataclass(slots=True)
+class Services:
+    """The process's long-lived collaborators."""
+
+    settings: Settings
+    engine: AsyncEngine
+    committer: GroupCommitter
+    store: EventStore
+
+    async def projection_problems(self) -> list[str]:
+        """Projections whose tables were built by another version than the code's."""
+        return []
+
+    async def keep_rejected(self, *, sdkappid: int, query: dict[str, str], body: bytes, reason: str) -> int:
+        """Store a delivery that was refused as invalid, with the reason."""
+        async with driver_connection(self.engine) as connection:
+            return await self.store.insert_rejected(
+                connection, sdkappid=sdkappid, query=query, body=body, reason=reason
+            )
+
+
+def services(state: State) -> Services:
+    """The Services stored on the application state."""
+    found: Services = state["services"]
+    return found

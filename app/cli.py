@@ -1,0 +1,153 @@
+"""The `profile-audit` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import asyncpg
+import typer
+
+from app.config import EMBEDDED_URL_VARIABLE, ConfigError, Settings, asyncpg_dsn, get_settings
+from app.database import create_engine, current_revision, head_revision, upgrade
+from app.embedded import EmbeddedDatabase
+
+cli = typer.Typer(
+    name="profile-audit",
+    help="Event-sourced audit log for Tencent Cloud IM profile-change callbacks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Failure(Exception):
+    """A command failed; the message is the one-line reason shown to the user."""
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        raise Failure(str(exc)) from exc
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The database URL: DATABASE_URL, or the embedded server, started (and stopped) here."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    embedded = EmbeddedDatabase(settings.data_dir)
+    try:
+        url = embedded.start()
+    except Exception as exc:
+        raise Failure(f"could not start the embedded PostgreSQL in {settings.data_dir}: {exc}") from exc
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        embedded.stop()
+
+
+async def _schema_revision(url: str) -> str | None:
+    engine = create_engine(url, pool_size=1)
+    try:
+        return await current_revision(engine)
+    finally:
+        await engine.dispose()
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Run the HTTP service (on the embedded database, created and migrated, when no DATABASE_URL)."""
+    import uvicorn
+
+    settings = _settings()
+    with database(settings) as url:
+        if not settings.embedded:
+            revision, expected = asyncio.run(_schema_revision(url)), head_revision()
+            if revision != expected:
+                raise Failure(
+                    f"database schema is at {revision or 'nothing'}, expected {expected}:"
+                    " run `profile-audit migrate` first"
+                )
+        else:
+            os.environ[EMBEDDED_URL_VARIABLE] = url
+            typer.echo(f"profile-audit: embedded PostgreSQL in {settings.data_dir}", err=True)
+        for default in settings.dev_defaults:
+            typer.echo(f"profile-audit: WARNING development default {default}", err=True)
+        # uvicorn re-raises SIGTERM after its graceful shutdown; make that a normal exit so the
+        # embedded database is stopped on the way out.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+        uvicorn.run(
+            "app.app:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level=settings.log_level.lower(),
+            timeout_graceful_shutdown=10,
+        )
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@cli.command()
+def migrate() -> None:
+    """Upgrade the database schema to the newest revision."""
+    settings = _settings()
+    with database(settings) as url:
+        if not settings.embedded:
+            upgrade(url)
+        typer.echo(f"schema at {head_revision()}")
+
+
+@cli.command()
+def verify() -> None:
+    """Check the event log end to end; exit 0 when intact, 1 with the first bad position."""
+    from app.verify import verify_log
+
+    settings = _settings()
+    with database(settings) as url:
+
+        async def run() -> int:
+            connection = await asyncpg.connect(asyncpg_dsn(url))
+            try:
+                result = await verify_log(connection)
+            finally:
+                await connection.close()
+            if result.intact:
+                typer.echo(f"intact: {result.events_checked} events, last position {result.last_position}")
+                return 0
+            typer.echo(f"TAMPERED at position {result.bad_position}: {result.reason}")
+            return 1
+
+        code = asyncio.run(run())
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point: one-line reason and a non-zero exit on failure."""
+    try:
+        cli()
+    except Failure as exc:
+        typer.echo(f"profile-audit: error: {exc}", err=True)
+        sys.exit(1)
+    except (OSError, asyncpg.PostgresError) as exc:
+        typer.echo(f"profile-audit: error: {exc.__class__.__name__}: {exc}", err=True)
+        sys.exit(1)
