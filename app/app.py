@@ -5,22 +5,42 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 from litestar import Litestar
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from app.api.auth import SECURITY_COMPONENTS
 from app.api.callback import callback_handler
 from app.api.events import EventsController
 from app.api.health import healthz, readyz
 from app.api.services import Services
+from app.api.users import UsersController, encode_user_segment
 from app.config import Settings, asyncpg_dsn, get_settings
 from app.database import create_engine
 from app.eventstore import EventStore
 from app.groupcommit import GroupCommitter
 
 log = logging.getLogger(__name__)
+
+
+class ProfileAudit(Litestar):
+    """The Litestar app, with user ids kept whole in `/users/<id>/…` paths."""
+
+    async def __call__(
+        self,
+        scope: Scope | LifeSpanScope,
+        receive: Receive | LifeSpanReceive,
+        send: Send | LifeSpanSend,
+    ) -> None:
+        if scope["type"] == ScopeType.HTTP:
+            http_scope = cast("Scope", scope)
+            if http_scope["path"].startswith("/users/"):
+                encode_user_segment(http_scope)
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -46,10 +66,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await committer.stop()
             await engine.dispose()
 
-    return Litestar(
+    return ProfileAudit(
         route_handlers=[
             callback_handler(settings.max_body_bytes),
             EventsController,
+            UsersController,
             healthz,
             readyz,
         ],

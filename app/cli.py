@@ -6,12 +6,13 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
 import asyncpg
 import typer
+from rich.progress import TaskID
 
 from app.config import EMBEDDED_URL_VARIABLE, ConfigError, Settings, asyncpg_dsn, get_settings
 from app.database import create_engine, current_revision, head_revision, upgrade
@@ -24,6 +25,43 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@contextmanager
+def rebuild_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on a terminal, plain log lines otherwise."""
+    if not sys.stderr.isatty():
+
+        def log_line(phase: str, done: int, total: int) -> None:
+            typer.echo(f"rebuild: {phase} {done}/{total}", err=True)
+
+        yield log_line
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(PHASES.get(phase, phase), total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        yield update
+
+
+PHASES = {
+    "replay": "replaying events",
+    "build": "building projections",
+    "swap": "catching up and swapping",
+}
 
 
 class Failure(Exception):
@@ -139,6 +177,38 @@ def verify() -> None:
 
         code = asyncio.run(run())
     raise typer.Exit(code)
+
+
+@cli.command()
+def rebuild(
+    names: Annotated[list[str] | None, typer.Argument(help="Projections to rebuild (default: all).")] = None,
+) -> None:
+    """Rebuild projections from the event log while the service keeps serving."""
+    from app.rebuild import RebuildBusy, rebuild_projections, select_projections
+
+    try:
+        chosen = [p.name for p in select_projections(names or [])]
+    except ValueError as exc:
+        raise Failure(str(exc)) from exc
+    settings = _settings()
+    with database(settings) as url:
+
+        async def run() -> None:
+            connection = await asyncpg.connect(asyncpg_dsn(url))
+            try:
+                with rebuild_progress() as progress:
+                    report = await rebuild_projections(connection, chosen, progress=progress)
+            except RebuildBusy as exc:
+                raise Failure(str(exc)) from exc
+            finally:
+                await connection.close()
+            typer.echo(
+                f"rebuilt {', '.join(report.projections)}: {report.events_replayed} events replayed"
+                f" in {report.seconds:.2f} s ({report.events_per_second:,.0f} events/s),"
+                f" up to position {report.last_position}"
+            )
+
+        asyncio.run(run())
 
 
 def main() -> None:

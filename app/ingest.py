@@ -145,7 +145,8 @@ def decode_callback(
     """Validate an authenticated delivery's body and make the event; CallbackError(400) if bad."""
     try:
         document = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # msgspec reports invalid UTF-8 inside a JSON string as UnicodeDecodeError.
         raise CallbackError(400, f"body is not valid JSON: {exc}", keep=True) from exc
     if not isinstance(document, dict):
         raise CallbackError(400, "body is not a JSON object", keep=True)

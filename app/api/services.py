@@ -11,6 +11,7 @@ from app.config import Settings
 from app.database import driver_connection
 from app.eventstore import EventStore
 from app.groupcommit import GroupCommitter
+from app.queries import stale_projections
 
 
 @dataclass(slots=True)
@@ -24,7 +25,8 @@ class Services:
 
     async def projection_problems(self) -> list[str]:
         """Projections whose tables were built by another version than the code's."""
-        return []
+        async with driver_connection(self.engine) as connection:
+            return await stale_projections(connection)
 
     async def keep_rejected(self, *, sdkappid: int, query: dict[str, str], body: bytes, reason: str) -> int:
         """Store a delivery that was refused as invalid, with the reason."""

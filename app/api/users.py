@@ -1,0 +1,259 @@
+"""The read API over profiles: `GET /users/{user_id}/profile` and `/profile-history`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import quote, unquote
+
+import msgspec
+from litestar import Controller, Request, get
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.params import Parameter
+from litestar.types import Scope
+
+from app.api.auth import SECURITY, require_token
+from app.api.services import Services, services
+from app.database import driver_connection
+from app.queries import Change, select_history, select_profile, stale_projections, user_exists
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+
+
+class TagChange(msgspec.Struct):
+    """A tag's value before and after one change (`old` is null for the first value)."""
+
+    tag: str
+    old: Any
+    new: Any
+
+
+class HistoryEntry(msgspec.Struct):
+    """One delivery that changed the user's profile."""
+
+    position: int
+    event_time: int
+    event_time_iso: str
+    received_at: datetime
+    operator_account: str | None
+    opt_platform: str | None
+    client_ip: str | None
+    changes: list[TagChange]
+
+
+class History(msgspec.Struct):
+    """A page of a user's history, newest first; pass `next_cursor` as `cursor` for more."""
+
+    sdkappid: int
+    user_id: str
+    entries: list[HistoryEntry]
+    next_cursor: str | None
+
+
+class Profile(msgspec.Struct):
+    """A user's profile now, or as of `at`: tag → value, values with their JSON type as received."""
+
+    sdkappid: int
+    user_id: str
+    profile: dict[str, Any]
+    version: int
+    updated_at: str
+    at: str | None = None
+
+
+class ServiceUnavailable(HTTPException):
+    """503: a projection this answer depends on is stale."""
+
+    status_code = 503
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC with milliseconds."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(name: str, raw: str | None) -> int | None:
+    """An ISO 8601 time or epoch milliseconds as epoch milliseconds; 400 when it is neither."""
+    if raw is None or raw == "":
+        return None
+    text = raw.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationException(f"{name}: {raw!r} is neither ISO 8601 nor epoch milliseconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def encode_cursor(event_time: int, position: int) -> str:
+    """An opaque keyset cursor."""
+    return base64.urlsafe_b64encode(f"{event_time}:{position}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(raw: str) -> tuple[int, int]:
+    """The (event_time, position) in a cursor; 400 when it was not made by us."""
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        event_time, position = text.split(":")
+        return int(event_time), int(position)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValidationException("cursor: not a cursor returned by this API") from None
+
+
+def resolve_sdkappid(svc: Services, raw: int | None) -> int:
+    """The app a read is about: `?sdkappid=`, optional when exactly one is configured."""
+    configured = svc.settings.sdkappids
+    if raw is None:
+        if len(configured) == 1:
+            return configured[0]
+        raise ValidationException(
+            f"sdkappid: required, several apps are configured ({', '.join(map(str, configured))})"
+        )
+    if raw not in configured:
+        raise ValidationException(f"sdkappid: {raw} is not configured here")
+    return raw
+
+
+async def ensure_fresh(connection: Any) -> None:
+    """503 while a projection awaits its rebuild."""
+    problems = await stale_projections(connection)
+    if problems:
+        raise ServiceUnavailable(detail="; ".join(problems))
+
+
+class UsersController(Controller):
+    """A user's profile, as of now or any time, and who changed what, when."""
+
+    path = "/users/{user_id:str}"
+    tags = ["profiles"]  # noqa: RUF012 - Litestar declares these as instance attributes
+    guards = [require_token]  # noqa: RUF012
+    security = SECURITY
+
+    @get(
+        "/profile",
+        operation_id="getProfile",
+        summary="A user's current profile, or as it was at a time",
+        raises=[NotFoundException, ValidationException, ServiceUnavailable],
+    )
+    async def get_profile(
+        self,
+        request: Request,  # type: ignore[type-arg]
+        user_id: Annotated[str, Parameter(description="The UserID (percent-encoded)")],
+        at: Annotated[str | None, Parameter(description="ISO 8601 time or epoch milliseconds")] = None,
+        sdkappid: Annotated[
+            int | None, Parameter(description="Required when several apps are configured")
+        ] = None,
+    ) -> Profile:
+        """Per tag, the value of the change with the latest EventTime (ties: later position)."""
+        svc = services(request.app.state)
+        app_id = resolve_sdkappid(svc, sdkappid)
+        user = unquote(user_id)
+        at_ms = parse_time("at", at)
+        async with driver_connection(svc.engine) as connection:
+            await ensure_fresh(connection)
+            values, version = await select_profile(connection, app_id, user, at_ms)
+        if not values:
+            when = f" at {at}" if at is not None else ""
+            raise NotFoundException(f"no profile for user {user!r} in app {app_id}{when}")
+        return Profile(
+            sdkappid=app_id,
+            user_id=user,
+            profile={v.tag: v.value for v in values},
+            version=version,
+            updated_at=iso_ms(max(v.event_time for v in values)),
+            at=iso_ms(at_ms) if at_ms is not None else None,
+        )
+
+    @get(
+        "/profile-history",
+        operation_id="getProfileHistory",
+        summary="A user's profile changes, newest first",
+        raises=[NotFoundException, ValidationException, ServiceUnavailable],
+    )
+    async def get_profile_history(
+        self,
+        request: Request,  # type: ignore[type-arg]
+        user_id: Annotated[str, Parameter(description="The UserID (percent-encoded)")],
+        limit: Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Events per page")] = DEFAULT_LIMIT,
+        cursor: Annotated[str | None, Parameter(description="`next_cursor` of the page before")] = None,
+        tag: Annotated[str | None, Parameter(description="Only changes of this tag")] = None,
+        since: Annotated[
+            str | None, Parameter(description="EventTime at or after (ISO 8601 or epoch ms)")
+        ] = None,
+        until: Annotated[
+            str | None, Parameter(description="EventTime at or before (ISO 8601 or epoch ms)")
+        ] = None,
+        operator: Annotated[
+            str | None, Parameter(description="Only changes made by this Operator_Account")
+        ] = None,
+        sdkappid: Annotated[
+            int | None, Parameter(description="Required when several apps are configured")
+        ] = None,
+    ) -> History:
+        """Each change with who made it, from where, and every tag's old and new value."""
+        svc = services(request.app.state)
+        app_id = resolve_sdkappid(svc, sdkappid)
+        user = unquote(user_id)
+        since_ms, until_ms = parse_time("since", since), parse_time("until", until)
+        before = decode_cursor(cursor) if cursor else None
+        async with driver_connection(svc.engine) as connection:
+            await ensure_fresh(connection)
+            changes = await select_history(
+                connection,
+                app_id,
+                user,
+                tag=tag,
+                operator=operator,
+                since=since_ms,
+                until=until_ms,
+                before=before,
+                limit=limit + 1,
+            )
+            if not changes and before is None and not await user_exists(connection, app_id, user):
+                raise NotFoundException(f"no user {user!r} in app {app_id}")
+        entries = group_entries(changes)
+        next_cursor = None
+        if len(entries) > limit:
+            entries = entries[:limit]
+            last = entries[-1]
+            next_cursor = encode_cursor(last.event_time, last.position)
+        return History(sdkappid=app_id, user_id=user, entries=entries, next_cursor=next_cursor)
+
+
+def group_entries(changes: list[Change]) -> list[HistoryEntry]:
+    """Rows of (event, tag) grouped into one entry per event, order kept."""
+    entries: list[HistoryEntry] = []
+    for change in changes:
+        if not entries or entries[-1].position != change.position:
+            entries.append(
+                HistoryEntry(
+                    position=change.position,
+                    event_time=change.event_time,
+                    event_time_iso=iso_ms(change.event_time),
+                    received_at=change.received_at,
+                    operator_account=change.operator_account,
+                    opt_platform=change.opt_platform,
+                    client_ip=change.client_ip,
+                    changes=[],
+                )
+            )
+        entries[-1].changes.append(TagChange(change.tag, change.old, change.new))
+    return entries
+
+
+def encode_user_segment(scope: Scope) -> None:
+    """Keep a percent-encoded `/` in a user id inside its path segment (the router decodes)."""
+    raw_path = scope.get("raw_path")
+    if not raw_path:
+        return
+    parts = raw_path.decode("latin-1").partition("?")[0].split("/")
+    if len(parts) >= 4 and parts[1] == "users":
+        parts[2] = quote(unquote(parts[2]), safe="")
+        scope["path"] = "/".join(parts)

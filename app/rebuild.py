@@ -1,0 +1,207 @@
+"""Zero-downtime rebuild of projections: shadow tables filled from the log, then swapped in.
+
+1. Stage every profile item of the log up to the current head (set-based, in position chunks).
+2. Fill each projection's shadow table from the stage with set-based SQL, then index it.
+3. Under the append lock: re-derive the users touched since step 1 from the whole log, swap
+   the shadow tables in and record the projections' versions — all in one transaction, so
+   readers see either the old or the new table, never an empty or half-built one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from app.projections import REGISTRY, Projection
+
+REBUILD_LOCK = "profile-audit:rebuild"
+STAGE = "profile_items__stage"
+TAIL_STAGE = "profile_items__tail"
+CHUNK = 250_000
+
+STAGE_DDL = """
+CREATE UNLOGGED TABLE {stage} (
+    sdkappid bigint, user_id text, position bigint, event_time bigint, received_at timestamptz,
+    operator_account text, opt_platform text, client_ip text, tag text, value jsonb
+)
+"""
+
+EXTRACT_SQL = """
+INSERT INTO {stage}
+SELECT e.sdkappid, e.user_id, e.position, e.event_time, e.received_at,
+       d.doc ->> 'Operator_Account', e.metadata ->> 'OptPlatform', e.metadata ->> 'ClientIP',
+       i.tag, i.value
+  FROM events e
+ CROSS JOIN LATERAL (SELECT e.body::jsonb AS doc) d
+ CROSS JOIN LATERAL profile_items(d.doc) i
+ WHERE e.command = 'Profile.CallbackPortraitSet' AND e.position > $1 AND e.position <= $2
+"""
+
+# Users with events after the snapshot position (the query parameter named by {param}).
+TOUCHED_USERS = (
+    "(SELECT DISTINCT sdkappid, user_id FROM events WHERE position > {param} AND user_id IS NOT NULL)"
+)
+
+Progress = Callable[[str, int, int], None]
+
+
+class RebuildBusy(Exception):
+    """Another rebuild holds the rebuild lock."""
+
+
+class RebuildReport(msgspec.Struct, frozen=True):
+    """What a rebuild did."""
+
+    projections: list[str]
+    events_replayed: int
+    last_position: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        """Replay rate."""
+        return self.events_replayed / self.seconds if self.seconds > 0 else 0.0
+
+
+def select_projections(names: Sequence[str]) -> list[Projection]:
+    """The named projections (all when none are named); ValueError names an unknown one."""
+    if not names:
+        return list(REGISTRY.values())
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown projection {unknown[0]!r}; known: {', '.join(REGISTRY)}")
+    return [REGISTRY[n] for n in dict.fromkeys(names)]
+
+
+async def rebuild_projections(
+    connection: asyncpg.Connection[Any],
+    names: Sequence[str] = (),
+    *,
+    progress: Progress | None = None,
+) -> RebuildReport:
+    """Rebuild the named projections (all by default) while appends and reads go on."""
+    projections = select_projections(names)
+    started = time.perf_counter()
+    report = progress or (lambda _phase, _done, _total: None)
+    got_lock = await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", REBUILD_LOCK)
+    if not got_lock:
+        raise RebuildBusy("another rebuild is running; wait for it to finish")
+    try:
+        await connection.execute("SET work_mem = '256MB'; SET maintenance_work_mem = '512MB'")
+        snapshot = int(await connection.fetchval("SELECT position FROM log_head"))
+
+        await _recreate(connection, STAGE, STAGE_DDL.format(stage=STAGE))
+        for low in range(0, snapshot, CHUNK):
+            high = min(low + CHUNK, snapshot)
+            await connection.execute(EXTRACT_SQL.format(stage=STAGE), low, high)
+            report("replay", high, snapshot)
+        report("replay", snapshot, snapshot)
+
+        for index, projection in enumerate(projections, start=1):
+            shadow = f"{projection.table}__shadow"
+            await _recreate(
+                connection,
+                shadow,
+                f"CREATE TABLE {shadow} (LIKE {projection.table} INCLUDING DEFAULTS)",
+            )
+            await connection.execute(projection.fill_sql.format(target=shadow, stage=STAGE))
+            for _name, definition in await _shadow_indexes(connection, projection.table):
+                await connection.execute(definition)
+            report("build", index, len(projections))
+
+        async with connection.transaction():
+            head = int(await connection.fetchval("SELECT position FROM log_head FOR UPDATE"))
+            if head > snapshot:
+                await _catch_up(connection, projections, snapshot, head)
+            for projection in projections:
+                await _swap(connection, projection)
+            await connection.executemany(
+                "INSERT INTO projection_versions AS v (name, version, last_position, rebuilt_at)"
+                " VALUES ($1, $2, $3, now()) ON CONFLICT (name) DO UPDATE"
+                " SET version = excluded.version, last_position = excluded.last_position,"
+                " rebuilt_at = excluded.rebuilt_at",
+                [(p.name, p.version, head) for p in projections],
+            )
+        report("swap", 1, 1)
+        await connection.execute(f"DROP TABLE IF EXISTS {STAGE}")
+        return RebuildReport(
+            projections=[p.name for p in projections],
+            events_replayed=head,
+            last_position=head,
+            seconds=time.perf_counter() - started,
+        )
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock(hashtext($1))", REBUILD_LOCK)
+
+
+async def _recreate(connection: asyncpg.Connection[Any], table: str, ddl: str) -> None:
+    await connection.execute(f"DROP TABLE IF EXISTS {table}")
+    await connection.execute(ddl)
+
+
+async def _shadow_indexes(connection: asyncpg.Connection[Any], table: str) -> list[tuple[str, str]]:
+    """The live table's indexes, redefined on its shadow table under `<name>__shadow`."""
+    rows = await connection.fetch(
+        "SELECT i.relname AS name, pg_get_indexdef(x.indexrelid) AS definition"
+        "  FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+        " WHERE x.indrelid = $1::regclass ORDER BY i.relname",
+        table,
+    )
+    result = []
+    for row in rows:
+        name, definition = row["name"], row["definition"]
+        head, _, tail = definition.partition(" ON ")
+        head = head.replace(f"INDEX {name}", f"INDEX {name}__shadow", 1)
+        tail = tail.replace(f"{table} ", f"{table}__shadow ", 1)
+        result.append((name, f"{head} ON {tail}"))
+    return result
+
+
+async def _catch_up(
+    connection: asyncpg.Connection[Any], projections: list[Projection], snapshot: int, head: int
+) -> None:
+    """Re-derive, from the whole log, every user touched by events after the snapshot."""
+    await _recreate(connection, TAIL_STAGE, STAGE_DDL.format(stage=TAIL_STAGE).replace("UNLOGGED", "TEMP"))
+    tail_extract = EXTRACT_SQL.format(stage=TAIL_STAGE) + (
+        " AND (e.sdkappid, e.user_id) IN " + TOUCHED_USERS.format(param="$3")
+    )
+    await connection.execute(tail_extract, 0, head, snapshot)
+    for projection in projections:
+        shadow = f"{projection.table}__shadow"
+        await connection.execute(
+            f"DELETE FROM {shadow} s WHERE (s.sdkappid, s.user_id) IN " + TOUCHED_USERS.format(param="$1"),
+            snapshot,
+        )
+        await connection.execute(projection.fill_sql.format(target=shadow, stage=TAIL_STAGE))
+    await connection.execute(f"DROP TABLE {TAIL_STAGE}")
+
+
+async def _swap(connection: asyncpg.Connection[Any], projection: Projection) -> None:
+    """Replace the live table by its shadow, keeping index and constraint names."""
+    table = projection.table
+    shadow = f"{table}__shadow"
+    constraints = {
+        row["conname"]: row["contype"]
+        for row in await connection.fetch(
+            "SELECT conname, contype FROM pg_constraint WHERE conrelid = $1::regclass", table
+        )
+    }
+    names = [name for name, _ in await _shadow_indexes(connection, table)]
+    await connection.execute(f"DROP TABLE {table}")
+    await connection.execute(f"ALTER TABLE {shadow} RENAME TO {table}")
+    for name in names:
+        kind = constraints.get(name)
+        if kind == "p":
+            await connection.execute(
+                f"ALTER TABLE {table} ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name}__shadow"
+            )
+        elif kind == "u":
+            await connection.execute(
+                f"ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name}__shadow"
+            )
+        else:
+            await connection.execute(f"ALTER INDEX {name}__shadow RENAME TO {name}")

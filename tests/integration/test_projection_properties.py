@@ -1,0 +1,146 @@
+"""Inline projections, rebuilt projections and a pure fold of the log give the same answers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from litestar.testing import AsyncTestClient
+
+from app.app import create_app
+from app.config import asyncpg_dsn
+from app.rebuild import rebuild_projections
+from tests.conftest import AUTH, SDKAPPID, make_settings
+from tests.reference import LoggedEvent, ReferenceFold
+
+USERS = ["alice", "bob/1"]
+TAGS = ["Tag_Profile_IM_Nick", "Tag_Profile_IM_Level", "Tag_Profile_Custom_X"]
+QUERY = {"SdkAppid": str(SDKAPPID), "CallbackCommand": "Profile.CallbackPortraitSet", "OptPlatform": "iOS"}
+
+values = st.one_of(st.integers(0, 2**32 - 1), st.text(max_size=6))
+items = st.lists(st.tuples(st.sampled_from(TAGS), values), min_size=1, max_size=3)
+delivery = st.tuples(st.sampled_from(USERS), st.integers(0, 12), st.sampled_from(["op", "admin"]), items)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> list[tuple[str, int, str, list[tuple[str, Any]]]]:
+    """Deliveries in a random arrival order, some repeated."""
+    base = draw(st.lists(delivery, min_size=1, max_size=12))
+    repeats = draw(st.lists(st.sampled_from(base), max_size=3))
+    return draw(st.permutations(base + repeats))
+
+
+def body(user: str, event_time: int, operator: str, changed: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {
+        "CallbackCommand": "Profile.CallbackPortraitSet",
+        "Operator_Account": operator,
+        "From_Account": user,
+        "EventTime": event_time,
+        "ProfileItem": [{"Tag": t, "Value": v} for t, v in changed],
+    }
+
+
+async def read_answers(client: AsyncTestClient[Any], users: list[str]) -> dict[str, Any]:
+    answers: dict[str, Any] = {}
+    for user in users:
+        path = "/users/" + quote(user, safe="")
+        current = await client.get(path + "/profile", headers=AUTH, params={"sdkappid": SDKAPPID})
+        as_of = {}
+        for at in (0, 3, 6, 9, 12):
+            r = await client.get(path + "/profile", headers=AUTH, params={"sdkappid": SDKAPPID, "at": at})
+            as_of[at] = r.json()["profile"] if r.status_code == 200 else None
+        history = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"sdkappid": SDKAPPID, "limit": 2}
+            if cursor:
+                params["cursor"] = cursor
+            page = (await client.get(path + "/profile-history", headers=AUTH, params=params)).json()
+            history += [
+                (e["position"], sorted((c["tag"], c["old"], c["new"]) for c in e["changes"]))
+                for e in page["entries"]
+            ]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        answers[user] = {
+            "profile": current.json()["profile"] if current.status_code == 200 else None,
+            "as_of": as_of,
+            "history": history,
+        }
+    return answers
+
+
+def reference_answers(fold: ReferenceFold, users: list[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for user in users:
+        profile = fold.profile(SDKAPPID, user)
+        result[user] = {
+            "profile": profile or None,
+            "as_of": {at: fold.profile(SDKAPPID, user, at) or None for at in (0, 3, 6, 9, 12)},
+            "history": [(p, [tuple(c) for c in changes]) for p, changes in fold.history(SDKAPPID, user)],
+        }
+    return result
+
+
+async def run_scenario(
+    database_url: str, deliveries: list[tuple[str, int, str, list[tuple[str, Any]]]]
+) -> None:
+    prefix = uuid.uuid4().hex[:8] + ":"
+    users = sorted({prefix + user for user, *_ in deliveries})
+    app = create_app(make_settings(database_url, sdkappids=(SDKAPPID,)))
+    async with AsyncTestClient(app=app) as client:
+        for user, event_time, operator, changed in deliveries:
+            r = await client.post(
+                "/callback", params=QUERY, json=body(prefix + user, event_time, operator, changed)
+            )
+            assert r.status_code == 200, r.text
+
+        connection = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            rows = await connection.fetch(
+                "SELECT position, sdkappid, user_id, event_time, body::jsonb AS doc FROM events"
+                " WHERE user_id = ANY($1::text[]) ORDER BY position",
+                users,
+            )
+            fold = ReferenceFold()
+            import json
+
+            for row in rows:
+                doc = json.loads(row["doc"])
+                fold.add(
+                    LoggedEvent(
+                        position=row["position"],
+                        sdkappid=row["sdkappid"],
+                        user_id=row["user_id"],
+                        event_time=row["event_time"],
+                        operator=doc["Operator_Account"],
+                        items=[(i["Tag"], i["Value"]) for i in doc["ProfileItem"]],
+                    )
+                )
+            distinct = {(u, t, o, tuple(c)) for u, t, o, c in deliveries}
+            assert len(rows) == len(distinct), "each distinct delivery is stored exactly once"
+            expected = reference_answers(fold, users)
+
+            assert await read_answers(client, users) == expected, "inline projections"
+            await rebuild_projections(connection)
+            assert await read_answers(client, users) == expected, "rebuilt projections"
+        finally:
+            await connection.close()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(deliveries=scenarios())
+def test_inline_rebuilt_and_reference_agree(
+    database_url: str, deliveries: list[tuple[str, int, str, list[tuple[str, Any]]]]
+) -> None:
+    asyncio.run(run_scenario(database_url, deliveries))
