@@ -22,7 +22,9 @@ USERS = ["alice", "bob/1"]
 TAGS = ["Tag_Profile_IM_Nick", "Tag_Profile_IM_Level", "Tag_Profile_Custom_X"]
 QUERY = {"SdkAppid": str(SDKAPPID), "CallbackCommand": "Profile.CallbackPortraitSet", "OptPlatform": "iOS"}
 
-values = st.one_of(st.integers(0, 2**32 - 1), st.text(max_size=6))
+# U+0000 is refused by the endpoint (PostgreSQL's JSON cannot hold it): tested elsewhere.
+text = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=6)
+values = st.one_of(st.integers(0, 2**32 - 1), text)
 items = st.lists(st.tuples(st.sampled_from(TAGS), values), min_size=1, max_size=3)
 delivery = st.tuples(st.sampled_from(USERS), st.integers(0, 12), st.sampled_from(["op", "admin"]), items)
 
