@@ -12,17 +12,22 @@ from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api.auth import SECURITY_COMPONENTS
 from app.api.callback import callback_handler
 from app.api.events import EventsController
-from app.api.health import healthz, readyz
+from app.api.health import healthz, metrics, readyz
 from app.api.services import Services
+from app.api.stream import stream_events
 from app.api.users import UsersController, encode_user_segment
 from app.config import Settings, asyncpg_dsn, get_settings
-from app.database import create_engine
+from app.database import create_engine, driver_connection
 from app.eventstore import EventStore
+from app.feed import Feed, store_reader
 from app.groupcommit import GroupCommitter
+from app.logs import configure_logging, request_id_middleware
+from app.metrics import observe_batch
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +55,26 @@ def create_app(settings: Settings | None = None) -> Litestar:
         raise RuntimeError("create_app needs a database URL (profile-audit serve starts one)")
     database_url = settings.database_url
 
+    configure_logging(settings.log_level, json=settings.log_json)
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        dsn = asyncpg_dsn(database_url)
         engine = create_engine(database_url)
-        committer = GroupCommitter(asyncpg_dsn(database_url))
+        store = EventStore()
+        committer = GroupCommitter(dsn, store=store, on_batch=observe_batch)
+        feed = Feed(dsn, store_reader(store, lambda: driver_connection(engine)))
         await committer.start()
+        await feed.start(head=await _head_position(engine, store))
         app.state["services"] = Services(
-            settings=settings, engine=engine, committer=committer, store=EventStore()
+            settings=settings, engine=engine, committer=committer, store=store, feed=feed
         )
         for default in settings.dev_defaults:
             log.warning("development default in use: %s (set it for production)", default)
         try:
             yield
         finally:
+            await feed.stop()
             await committer.stop()
             await engine.dispose()
 
@@ -71,9 +83,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             callback_handler(settings.max_body_bytes),
             EventsController,
             UsersController,
+            stream_events,
             healthz,
             readyz,
+            metrics,
         ],
+        middleware=[request_id_middleware],
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="profile-audit",
@@ -86,8 +101,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
+        logging_config=None,
         debug=False,
     )
+
+
+async def _head_position(engine: AsyncEngine, store: EventStore) -> int:
+    try:
+        async with driver_connection(engine) as connection:
+            position, _hash = await store.head(connection)
+            return position
+    except Exception:  # the database may be down at start; the feed catches up from 0 then
+        log.warning("could not read the log head at start; the live feed starts from position 0")
+        return 0
 
 
 def create_app_from_env() -> Litestar:

@@ -12,7 +12,7 @@ import msgspec
 from app.ingest import NewEvent
 
 APPEND_SQL = """
-SELECT idx, event_position, duplicate
+SELECT idx, event_position, duplicate, lock_wait
   FROM append_events($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[],
                      $6::jsonb[], $7::text[], $8::bytea[], $9::bytea[])
 """
@@ -73,6 +73,15 @@ class EventStore:
         self, connection: asyncpg.Connection[Any], events: Sequence[NewEvent]
     ) -> list[Appended]:
         """Append `events` in one transaction and one round trip; duplicates are not stored again."""
+        appended, _lock_wait = await self.insert_batch(connection, events)
+        return appended
+
+    async def insert_batch(
+        self, connection: asyncpg.Connection[Any], events: Sequence[NewEvent]
+    ) -> tuple[list[Appended], float]:
+        """As insert_events, also answering how long the batch waited for the append lock (s)."""
+        if not events:
+            return [], 0.0
         rows = await connection.fetch(
             APPEND_SQL,
             [e.sdkappid for e in events],
@@ -90,7 +99,7 @@ class EventStore:
             result[row["idx"] - 1] = Appended(row["event_position"], row["duplicate"])
         if any(r is None for r in result):  # pragma: no cover - the function answers every input
             raise RuntimeError("append_events did not answer for every event")
-        return [r for r in result if r is not None]
+        return [r for r in result if r is not None], float(rows[0]["lock_wait"])
 
     async def select_events(
         self, connection: asyncpg.Connection[Any], after: int, limit: int

@@ -21,7 +21,8 @@ class StoreUnavailable(Exception):
     """The event could not be committed (database down, stalled, or the writer stopping)."""
 
 
-BatchObserver = Callable[[int, float], None]
+BatchObserver = Callable[[int, float, float], None]
+"""Called after each commit with (batch size, seconds, seconds waited for the append lock)."""
 
 
 class GroupCommitter:
@@ -110,7 +111,7 @@ class GroupCommitter:
         started = time.perf_counter()
         try:
             connection = await self._connect()
-            results = await self._store.insert_events(connection, events)
+            results, lock_wait = await self._store.insert_batch(connection, events)
         except asyncpg.PostgresError as exc:
             if _is_data_error(exc) and len(batch) > 1:
                 # One bad event must not fail its neighbours: retry them one by one.
@@ -128,7 +129,7 @@ class GroupCommitter:
             _fail(batch, StoreUnavailable(f"database unavailable: {exc.__class__.__name__}"))
             return
         if self._on_batch is not None:
-            self._on_batch(len(batch), time.perf_counter() - started)
+            self._on_batch(len(batch), time.perf_counter() - started, lock_wait)
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
+import structlog
 from litestar import Request, Response, post
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import HTTPRouteHandler
@@ -23,6 +24,9 @@ from litestar.openapi.spec import (
 from app.api.services import services
 from app.groupcommit import StoreUnavailable
 from app.ingest import CallbackError, authenticate, decode_callback
+from app.metrics import DELIVERIES, REJECTED, REPLY_SECONDS
+
+log = structlog.get_logger(__name__)
 
 REPLY_DEADLINE_SECONDS = 1.5  # Tencent waits 2 s; answer 503 before that rather than hang
 OK_BODY = b'{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}'
@@ -75,9 +79,23 @@ class CallbackOperation(Operation):
 
 async def receive_callback(request: Request) -> Response[bytes]:  # type: ignore[type-arg]
     """Record one callback delivery; reply OK only after it is committed."""
+    started = time.perf_counter()
+    query = {key: value for key, value in request.query_params.items()}
+    command = query.get("CallbackCommand") or "unknown"
+    outcome, response = await _receive(request, query)
+    DELIVERIES.labels(command if len(command) <= 64 else "unknown", outcome).inc()
+    REPLY_SECONDS.observe(time.perf_counter() - started)
+    if outcome not in ("ok", "duplicate"):
+        log.warning("callback refused", outcome=outcome, status=response.status_code, command=command)
+    return response
+
+
+async def _receive(
+    request: Request,  # type: ignore[type-arg]
+    query: dict[str, str],
+) -> tuple[str, Response[bytes]]:
     svc = services(request.app.state)
     settings = svc.settings
-    query = {key: value for key, value in request.query_params.items()}
     try:
         sdkappid = authenticate(
             query,
@@ -86,11 +104,11 @@ async def receive_callback(request: Request) -> Response[bytes]:  # type: ignore
             now=time.time(),
         )
     except CallbackError as exc:
-        return fail(exc.status, exc.reason)
+        return "unauthorized", fail(exc.status, exc.reason)
     try:
         raw = await request.body()
     except RequestEntityTooLarge:
-        return fail(413, f"body is larger than {settings.max_body_bytes} bytes")
+        return "too_large", fail(413, f"body is larger than {settings.max_body_bytes} bytes")
     client = request.client
     try:
         event = decode_callback(
@@ -105,15 +123,18 @@ async def receive_callback(request: Request) -> Response[bytes]:  # type: ignore
             try:
                 await svc.keep_rejected(sdkappid=sdkappid, query=query, body=raw, reason=exc.reason)
             except Exception:
-                return fail(503, "database unavailable; the delivery was not kept")
-        return fail(exc.status, exc.reason)
+                return "unavailable", fail(503, "database unavailable; the delivery was not kept")
+            REJECTED.inc()
+        return "rejected", fail(exc.status, exc.reason)
     try:
-        await asyncio.wait_for(svc.committer.append(event), REPLY_DEADLINE_SECONDS)
+        appended = await asyncio.wait_for(svc.committer.append(event), REPLY_DEADLINE_SECONDS)
     except StoreUnavailable as exc:
-        return fail(503, str(exc))
+        return "unavailable", fail(503, str(exc))
     except TimeoutError:
-        return fail(503, "database did not commit in time")
-    return Response(content=OK_BODY, status_code=200, media_type=JSON)
+        return "unavailable", fail(503, "database did not commit in time")
+    return ("duplicate" if appended.duplicate else "ok"), Response(
+        content=OK_BODY, status_code=200, media_type=JSON
+    )
 
 
 def callback_handler(max_body_bytes: int) -> HTTPRouteHandler:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import msgspec
+import structlog
 from litestar import Request, Response, get
 
 from app.api.services import services
-from app.database import current_revision, head_revision
+from app.database import current_revision, driver_connection, head_revision
+from app.metrics import EVENTS, PROJECTION_VERSION, exposition
+from app.projections import REGISTRY
+
+log = structlog.get_logger(__name__)
 
 
 class Health(msgspec.Struct):
@@ -63,3 +68,31 @@ async def readyz(request: Request) -> Response[Readiness]:  # type: ignore[type-
         problems=problems,
     )
     return Response(body, status_code=200 if not problems else 503)
+
+
+@get(
+    "/metrics",
+    operation_id="metrics",
+    tags=["health"],
+    summary="Prometheus metrics (text exposition format)",
+    media_type="text/plain; version=0.0.4; charset=utf-8",
+)
+async def metrics(request: Request) -> Response[bytes]:  # type: ignore[type-arg]
+    """Deliveries, reply latency, group commits, lock waits, events, projection versions."""
+    svc = services(request.app.state)
+    try:
+        async with driver_connection(svc.engine) as connection:
+            position, _hash = await svc.store.head(connection)
+            built = {
+                row["name"]: row["version"]
+                for row in await connection.fetch("SELECT name, version FROM projection_versions")
+            }
+    except Exception:
+        log.warning("metrics: database unreachable; database gauges not refreshed")
+    else:
+        EVENTS.set(position)
+        for projection in REGISTRY.values():
+            PROJECTION_VERSION.labels(projection.name, "code").set(projection.version)
+            PROJECTION_VERSION.labels(projection.name, "table").set(built.get(projection.name, 0))
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.database import driver_connection
 from app.eventstore import EventStore
+from app.feed import Feed
 from app.groupcommit import GroupCommitter
 from app.queries import stale_projections
 
@@ -22,6 +23,7 @@ class Services:
     engine: AsyncEngine
     committer: GroupCommitter
     store: EventStore
+    feed: Feed
 
     async def projection_problems(self) -> list[str]:
         """Projections whose tables were built by another version than the code's."""
