@@ -21,7 +21,7 @@ from app.api.health import healthz, metrics, readyz
 from app.api.services import Services
 from app.api.stream import stream_events
 from app.api.users import UsersController, encode_user_segment
-from app.config import Settings, asyncpg_dsn, get_settings
+from app.config import Settings, asyncpg_dsn, get_settings, require_sdkappids
 from app.database import create_engine, driver_connection
 from app.eventstore import EventStore
 from app.feed import Feed, store_reader
@@ -51,6 +51,7 @@ class ProfileAudit(Litestar):
 def create_app(settings: Settings | None = None) -> Litestar:
     """The service; settings are read from the environment now unless given."""
     settings = settings or get_settings()
+    require_sdkappids(settings)
     if settings.database_url is None:
         raise RuntimeError("create_app needs a database URL (profile-audit serve starts one)")
     database_url = settings.database_url
@@ -63,7 +64,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         engine = create_engine(database_url)
         store = EventStore()
         committer = GroupCommitter(dsn, store=store, on_batch=observe_batch)
-        feed = Feed(dsn, store_reader(store, lambda: driver_connection(engine)))
+        feed = Feed(
+            dsn,
+            store_reader(store, lambda: driver_connection(engine)),
+            capacity=settings.stream_buffer,
+        )
         await committer.start()
         await feed.start(head=await _head_position(engine, store))
         app.state["services"] = Services(

@@ -6,15 +6,23 @@ import asyncio
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import IO, Annotated
 
 import asyncpg
 import typer
 from rich.progress import TaskID
 
-from app.config import EMBEDDED_URL_VARIABLE, ConfigError, Settings, asyncpg_dsn, get_settings
+from app.config import (
+    EMBEDDED_URL_VARIABLE,
+    ConfigError,
+    Settings,
+    asyncpg_dsn,
+    get_settings,
+    require_sdkappids,
+)
 from app.database import create_engine, current_revision, head_revision, upgrade
 from app.embedded import EmbeddedDatabase
 
@@ -68,11 +76,14 @@ class Failure(Exception):
     """A command failed; the message is the one-line reason shown to the user."""
 
 
-def _settings() -> Settings:
+def _settings(*, takes_callbacks: bool = False) -> Settings:
     try:
-        return get_settings()
+        settings = get_settings()
+        if takes_callbacks:
+            require_sdkappids(settings)
     except ConfigError as exc:
         raise Failure(str(exc)) from exc
+    return settings
 
 
 @contextmanager
@@ -110,7 +121,7 @@ def serve(
     """Run the HTTP service (on the embedded database, created and migrated, when no DATABASE_URL)."""
     import uvicorn
 
-    settings = _settings()
+    settings = _settings(takes_callbacks=True)
     with database(settings) as url:
         if not settings.embedded:
             revision, expected = asyncio.run(_schema_revision(url)), head_revision()
@@ -124,6 +135,11 @@ def serve(
             typer.echo(f"profile-audit: embedded PostgreSQL in {settings.data_dir}", err=True)
         for default in settings.dev_defaults:
             typer.echo(f"profile-audit: WARNING development default {default}", err=True)
+        # Workers write their metrics to one directory and /metrics adds them up.
+        metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
+            prefix="profile-audit-metrics-"
+        )
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         # uvicorn re-raises SIGTERM after its graceful shutdown; make that a normal exit so the
         # embedded database is stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -209,6 +225,101 @@ def rebuild(
             )
 
         asyncio.run(run())
+
+
+async def _require_schema_at_head(settings: Settings, url: str) -> None:
+    """Failure unless the schema is at head (the embedded database was just migrated)."""
+    if settings.embedded:
+        return
+    revision, expected = await _schema_revision(url), head_revision()
+    if revision != expected:
+        raise Failure(
+            f"database schema is at {revision or 'nothing'}, expected {expected}:"
+            " run `profile-audit migrate` first"
+        )
+
+
+@cli.command()
+def export(
+    after: Annotated[
+        int, typer.Option(min=0, metavar="POS", help="Export only the events after this position.")
+    ] = 0,
+) -> None:
+    """Write the event log to standard output as JSON Lines, in position order.
+
+    Each line is one event exactly as `GET /events` shows it (position, sdkappid, command, user_id, user_version, event_time, received_at, metadata, payload, digest, hash). The export ends at the log head as it was when it started; a summary goes to standard error. `profile-audit import` reads it back.
+    """
+    from app.transfer import export_events
+
+    settings = _settings()
+    with database(settings) as url:
+
+        async def run() -> None:
+            await _require_schema_at_head(settings, url)
+            connection = await asyncpg.connect(asyncpg_dsn(url))
+            out = sys.stdout.buffer
+            try:
+                report = await export_events(connection, out.write, after=after)
+                out.flush()
+            except BrokenPipeError as exc:
+                # The reader went away (`| head`): stop quietly, without a traceback at exit.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                raise Failure("standard output was closed before the export finished") from exc
+            finally:
+                await connection.close()
+            typer.echo(f"exported {report.events} events, up to position {report.last_position}", err=True)
+
+        asyncio.run(run())
+
+
+@cli.command("import")
+def import_(
+    file: Annotated[
+        str, typer.Argument(metavar="FILE", help="JSON Lines from `export`; `-` for standard input.")
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and count the lines, write nothing.")
+    ] = False,
+) -> None:
+    """Append the events of an export (JSON Lines), validated and de-duplicated like callbacks.
+
+    Each line is checked like a delivery (its metadata's SdkAppid against PROFILE_AUDIT_SDKAPPID, no Sign needed; the payload validated for its CallbackCommand) and appended in batches with its original received_at. An event already in the log (same SDKAppID, same JSON content) is a duplicate and is not stored again, so importing a file twice adds nothing.
+
+    A bad line is reported on standard error with its line number and skipped; the import goes on. Prints `new N, duplicate N, rejected N` at the end. Exit status: 0 when no line was rejected, 1 otherwise.
+    """
+    from app.transfer import import_lines
+
+    settings = _settings(takes_callbacks=True)
+    try:
+        source: IO[bytes] = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise Failure(f"cannot read {file}: {exc.strerror or exc}") from exc
+
+    def on_reject(number: int, reason: str) -> None:
+        typer.echo(f"line {number}: rejected: {reason}", err=True)
+
+    with source, database(settings) as url:
+
+        async def run() -> int:
+            await _require_schema_at_head(settings, url)
+            connection = await asyncpg.connect(asyncpg_dsn(url))
+            try:
+                report = await import_lines(
+                    connection,
+                    source,
+                    sdkappids=settings.sdkappids,
+                    max_body_bytes=settings.max_body_bytes,
+                    dry_run=dry_run,
+                    on_reject=on_reject,
+                )
+            finally:
+                await connection.close()
+            typer.echo(report.summary() + (" (dry run: nothing written)" if dry_run else ""))
+            return 0 if report.rejected == 0 else 1
+
+        code = asyncio.run(run())
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -32,6 +32,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dev_defaults: tuple[str, ...] = ()
     log_level: str = "INFO"
     log_json: bool = True
+    stream_keepalive_seconds: float = 15.0
+    stream_buffer: int = 1000
 
 
 def _environ(env_file: Path | None) -> dict[str, str]:
@@ -47,6 +49,19 @@ def _split(raw: str | None) -> list[str]:
     return [part.strip() for part in (raw or "").split(",") if part.strip()]
 
 
+def _positive(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}: must be positive")
+    return value
+
+
 def default_data_dir() -> Path:
     """The per-user data directory, or `./.profile-audit` when none can be had."""
     try:
@@ -59,6 +74,8 @@ def get_settings(env_file: Path | None = None) -> Settings:
     """Read the settings now; raises ConfigError with a one-line reason when one is unusable."""
     env = _environ(env_file)
     database_url = env.get("DATABASE_URL") or None
+    if database_url is not None:
+        asyncpg_dsn(database_url)  # a URL of another scheme is a ConfigError now, not a traceback later
     # Set by `profile-audit serve` for its workers once it has started the embedded database.
     embedded_url = env.get(EMBEDDED_URL_VARIABLE) or None
     embedded = database_url is None
@@ -69,9 +86,9 @@ def get_settings(env_file: Path | None = None) -> Settings:
         if not part.isdigit():
             raise ConfigError(f"PROFILE_AUDIT_SDKAPPID: {part!r} is not a numeric SDKAppID")
         sdkappids.append(int(part))
-    if not sdkappids:
-        if not embedded:
-            raise ConfigError("PROFILE_AUDIT_SDKAPPID is required when DATABASE_URL is set")
+    # Without DATABASE_URL a development default applies; with it, commands that take callbacks
+    # (serve, import) refuse to run without one: see require_sdkappids.
+    if not sdkappids and embedded:
         sdkappids = [DEV_SDKAPPID]
         dev_defaults.append(f"PROFILE_AUDIT_SDKAPPID={DEV_SDKAPPID}")
 
@@ -99,8 +116,16 @@ def get_settings(env_file: Path | None = None) -> Settings:
         max_body_bytes=int(raw_max),
         dev_defaults=tuple(dev_defaults),
         log_level=(env.get("PROFILE_AUDIT_LOG_LEVEL") or "INFO").upper(),
+        stream_keepalive_seconds=_positive(env, "PROFILE_AUDIT_STREAM_KEEPALIVE_SECONDS", 15.0),
+        stream_buffer=int(_positive(env, "PROFILE_AUDIT_STREAM_BUFFER", 1000)),
         log_json=(env.get("PROFILE_AUDIT_LOG_FORMAT") or "json").lower() != "console",
     )
+
+
+def require_sdkappids(settings: Settings) -> None:
+    """ConfigError unless at least one SDKAppID is configured (needed to accept callbacks)."""
+    if not settings.sdkappids:
+        raise ConfigError("PROFILE_AUDIT_SDKAPPID is required when DATABASE_URL is set")
 
 
 def asyncpg_dsn(url: str) -> str:

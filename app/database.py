@@ -71,9 +71,23 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 @asynccontextmanager
 async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection[Any]]:
-    """Borrow a pooled connection as the plain asyncpg connection (autocommit per statement)."""
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        driver = raw.driver_connection
-        assert driver is not None
-        yield driver
+    """Borrow a pooled connection as the plain asyncpg connection (autocommit per statement).
+
+    A connection found closed (the server restarted) is discarded from the pool, at checkout or
+    when it fails, so the pool heals by itself.
+    """
+    for attempt in (1, 2):
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            if driver.is_closed() and attempt == 1:
+                await conn.invalidate()
+                continue
+            try:
+                yield driver
+            except BaseException:
+                if driver.is_closed():
+                    await conn.invalidate()
+                raise
+            return

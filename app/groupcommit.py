@@ -41,6 +41,7 @@ class GroupCommitter:
         max_pending: int = 20_000,
         connect_timeout: float = 2.0,
         on_batch: BatchObserver | None = None,
+        drain_timeout: float = 5.0,
     ) -> None:
         self._dsn = dsn
         self._store = store or EventStore()
@@ -51,6 +52,7 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._on_batch = on_batch
+        self._drain_timeout = drain_timeout
 
     async def start(self) -> None:
         """Start the writer task."""
@@ -58,14 +60,24 @@ class GroupCommitter:
         self._task = asyncio.create_task(self._run(), name="group-commit-writer")
 
     async def stop(self) -> None:
-        """Commit what is already queued, refuse what comes after, and close the connection."""
+        """Commit what is already queued, refuse what comes after, and close the connection.
+
+        A database that stalls (a held lock, a silent network) must not keep the process from
+        exiting: after `drain_timeout` the writer is cancelled and what is left fails. Those callers
+        have had their 503 long before (the reply deadline is shorter).
+        """
         self._closing = True
         if self._task is not None:
-            await self._queue.join()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), self._drain_timeout)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                _fail([item], StoreUnavailable("the service is shutting down"))
+                self._queue.task_done()
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close(timeout=2)

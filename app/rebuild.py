@@ -187,7 +187,9 @@ async def _swap(connection: asyncpg.Connection[Any], projection: Projection) -> 
     constraints = {
         row["conname"]: row["contype"]
         for row in await connection.fetch(
-            "SELECT conname, contype FROM pg_constraint WHERE conrelid = $1::regclass", table
+            # contype is "char": cast it, or asyncpg returns bytes and no kind would match.
+            "SELECT conname, contype::text AS contype FROM pg_constraint WHERE conrelid = $1::regclass",
+            table,
         )
     }
     names = [name for name, _ in await _shadow_indexes(connection, table)]

@@ -15,6 +15,7 @@ from app.database import driver_connection
 from app.eventstore import StoredEvent
 
 MAX_LIMIT = 1000
+MAX_POSITION = 2**63 - 1  # positions are bigint: a larger `after` is a 400, not a driver error
 
 
 class EventOut(msgspec.Struct):
@@ -69,7 +70,9 @@ class EventsController(Controller):
     async def list_events(
         self,
         request: Request,  # type: ignore[type-arg]
-        after: Annotated[int, Parameter(ge=0, description="Return events after this position")] = 0,
+        after: Annotated[
+            int, Parameter(ge=0, le=MAX_POSITION, description="Return events after this position")
+        ] = 0,
         limit: Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")] = 100,
     ) -> EventPage:
         """Events with position greater than `after`, oldest first."""

@@ -17,8 +17,6 @@ from app.api.services import services
 from app.feed import Lagging
 from app.metrics import SSE_SUBSCRIBERS
 
-KEEPALIVE_SECONDS = 15.0
-
 
 def resume_position(last_event_id: str | None, after: int | None) -> int:
     """Where to resume: the `Last-Event-ID` header wins over `?after=`; 0 from the start."""
@@ -36,8 +34,9 @@ def resume_position(last_event_id: str | None, after: int | None) -> int:
     description=(
         "Each message has `id: <position>` and the event JSON (as in GET /events) as data."
         " Reconnect with `Last-Event-ID` (or `?after=`) to resume with no gap and no duplicate."
-        " A comment line is sent every 15 s of silence. A client that falls more than 1,000"
-        " events behind is disconnected and resumes by id."
+        " A comment line is sent every 15 s of silence (PROFILE_AUDIT_STREAM_KEEPALIVE_SECONDS)."
+        " A client that falls more than 1,000 events behind (PROFILE_AUDIT_STREAM_BUFFER) is"
+        " disconnected and resumes by id."
     ),
     tags=["events"],
     guards=[require_token],
@@ -57,7 +56,7 @@ async def stream_events(
     async def messages() -> AsyncIterator[ServerSentEventMessage]:
         SSE_SUBSCRIBERS.inc()
         try:
-            async for event in svc.feed.subscribe(start, KEEPALIVE_SECONDS):
+            async for event in svc.feed.subscribe(start, svc.settings.stream_keepalive_seconds):
                 if event is None:
                     yield ServerSentEventMessage(comment="keep-alive")
                     continue

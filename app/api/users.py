@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote, unquote
 
@@ -21,6 +22,8 @@ from app.queries import Change, select_history, select_profile, stale_projection
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+INT64_MAX = 2**63 - 1
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class TagChange(msgspec.Struct):
@@ -81,15 +84,21 @@ def parse_time(name: str, raw: str | None) -> int | None:
     if raw is None or raw == "":
         return None
     text = raw.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValidationException(f"{name}: {raw!r} is neither ISO 8601 nor epoch milliseconds") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    if re.fullmatch(r"-?[0-9]+", text):
+        # More than 19 digits is out of range anyway (and int() refuses very long strings).
+        epoch_ms = int(text) if len(text.lstrip("-")) <= 19 else INT64_MAX + 1
+    else:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValidationException(f"{name}: {raw!r} is neither ISO 8601 nor epoch milliseconds") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        # Exact integer arithmetic: float timestamps land 1 ms early for some instants.
+        epoch_ms = (moment - EPOCH) // timedelta(milliseconds=1)
+    if not -INT64_MAX <= epoch_ms <= INT64_MAX:
+        raise ValidationException(f"{name}: {raw!r} is out of range")
+    return epoch_ms
 
 
 def encode_cursor(event_time: int, position: int) -> str:
@@ -101,8 +110,10 @@ def decode_cursor(raw: str) -> tuple[int, int]:
     """The (event_time, position) in a cursor; 400 when it was not made by us."""
     try:
         text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
-        event_time, position = text.split(":")
-        return int(event_time), int(position)
+        event_time, position = (int(part) for part in text.split(":"))
+        if not (0 <= event_time <= INT64_MAX and 0 <= position <= INT64_MAX):
+            raise ValueError("out of range")
+        return event_time, position
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValidationException("cursor: not a cursor returned by this API") from None
 

@@ -75,6 +75,7 @@ BEGIN
 END $$;
 """
 
+
 def upgrade() -> None:
     execute_script(UPGRADE)
 

@@ -1,0 +1,1 @@
+"""Sustained durable-ingest benchmark over HTTP: the service against an echo ceiling and a naive baseline."""

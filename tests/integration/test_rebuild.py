@@ -1,0 +1,388 @@
+"""Projection versions, `profile-audit rebuild`, and rebuilds that give exactly the same answers."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from app.config import asyncpg_dsn
+from app.projections import REGISTRY
+from app.rebuild import REBUILD_LOCK, RebuildBusy, rebuild_projections
+from tests.conftest import AUTH, OTHER_SDKAPPID, SDKAPPID, cli_env, fixture_deliveries, run_cli
+from tests.profile_helpers import (
+    PROJECTION_TABLES,
+    Delivery,
+    ThreadedRebuild,
+    actual_answer,
+    api_snapshot,
+    append,
+    catalog,
+    expected_answer,
+    fold_from_log,
+    fold_users,
+    get_json,
+    leftover_tables,
+    physical_identity,
+    post_delivery,
+    projection_versions,
+    random_deliveries,
+    table_rows,
+    user_path,
+)
+
+CODE_VERSIONS = {p.name: p.version for p in REGISTRY.values()}
+AT_TIMES = (1_699_999_999_000, 1_700_000_000_123, 1_700_000_020_000, 1_700_000_040_000)
+ODD_USERS = ["alice", "bob", "u/1", "u 2", "ü%3", "..", "🌸"]
+
+
+async def seed(client: AsyncTestClient[Any], db: asyncpg.Connection[Any]) -> list[tuple[int, str]]:
+    """A log with the shared fixtures and 400 random deliveries (ties, late arrivals, two apps)."""
+    for delivery in fixture_deliveries():
+        reply = await client.post("/callback", params=delivery["query"], json=delivery["body"])
+        assert reply.status_code == 200, reply.text
+    rng = random.Random(5)
+    await append(db, random_deliveries(rng, ODD_USERS, 400, sdkappids=(SDKAPPID, OTHER_SDKAPPID)))
+    return fold_users(await fold_from_log(db))
+
+
+async def snapshot(client: AsyncTestClient[Any], users: list[tuple[int, str]]) -> dict[str, Any]:
+    return await api_snapshot(
+        client, users, at_times=AT_TIMES, page_size=7, tags=("Tag_Profile_IM_Nick", "Tag_Profile_IM_Level")
+    )
+
+
+async def assert_matches_fold(client: AsyncTestClient[Any], db: asyncpg.Connection[Any]) -> None:
+    fold = await fold_from_log(db)
+    for sdkappid, user in fold_users(fold):
+        assert await actual_answer(client, sdkappid, user) == expected_answer(fold, sdkappid, user), user
+
+
+async def tables(db: asyncpg.Connection[Any]) -> dict[str, list[tuple[Any, ...]]]:
+    return {table: await table_rows(db, table) for table in PROJECTION_TABLES}
+
+
+# --- projection versions ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stale", "depending"),
+    [
+        ("profile_changes", [("profile-history", {}), ("profile", {"at": 1_700_000_000_123})]),
+        ("profiles", [("profile", {})]),
+    ],
+)
+async def test_a_stale_projection_is_not_ready_and_its_reads_are_503_until_rebuilt(
+    client: AsyncTestClient[Any],
+    db: asyncpg.Connection[Any],
+    stale: str,
+    depending: list[tuple[str, dict[str, Any]]],
+) -> None:
+    await seed(client, db)
+    assert (await client.get("/readyz")).status_code == 200
+    before = {
+        endpoint: await get_json(client, user_path("alice", endpoint), {"sdkappid": SDKAPPID, **params})
+        for endpoint, params in depending
+    }
+    assert all(status == 200 for status, _ in before.values())
+
+    await db.execute("UPDATE projection_versions SET version = 0 WHERE name = $1", stale)
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503, ready.text
+    problems = ready.json()["problems"]
+    assert len(problems) == 1 and f"projection {stale} " in problems[0] and "rebuild" in problems[0], problems
+    for endpoint, params in depending:
+        status, body = await get_json(client, user_path("alice", endpoint), {"sdkappid": SDKAPPID, **params})
+        assert status == 503, (endpoint, body)
+        assert stale in body["detail"] and "profile-audit rebuild" in body["detail"], body
+    assert (await client.get("/healthz")).status_code == 200, "alive, just not ready"
+    assert (await client.get("/events", headers=AUTH)).status_code == 200, "the log does not depend on it"
+
+    report = await rebuild_projections(db)
+    assert sorted(report.projections) == sorted(REGISTRY)
+    versions = await projection_versions(db)
+    assert {name: v[0] for name, v in versions.items()} == CODE_VERSIONS
+    head = await db.fetchval("SELECT position FROM log_head")
+    assert all(v[1] == head and v[2] is not None for v in versions.values())
+    assert report.events_replayed == report.last_position == head
+    assert (await client.get("/readyz")).status_code == 200
+    after = {
+        endpoint: await get_json(client, user_path("alice", endpoint), {"sdkappid": SDKAPPID, **params})
+        for endpoint, params in depending
+    }
+    assert after == before
+
+
+async def test_a_missing_or_newer_projection_version_is_stale_too(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any]
+) -> None:
+    await seed(client, db)
+    await db.execute("DELETE FROM projection_versions WHERE name = 'profiles'")
+    await db.execute("UPDATE projection_versions SET version = version + 1 WHERE name = 'profile_changes'")
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    assert sorted(p.split()[1] for p in ready.json()["problems"]) == ["profile_changes", "profiles"]
+    await rebuild_projections(db)
+    assert {name: v[0] for name, v in (await projection_versions(db)).items()} == CODE_VERSIONS
+    assert (await client.get("/readyz")).status_code == 200
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+async def test_cli_rebuild_reports_and_fixes_stale_projections(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    await seed(client, db)
+    head = await db.fetchval("SELECT position FROM log_head")
+    await db.execute("UPDATE projection_versions SET version = 0")
+    env = cli_env(DATABASE_URL=database_url, PROFILE_AUDIT_SDKAPPID=f"{SDKAPPID},{OTHER_SDKAPPID}")
+
+    done = run_cli("rebuild", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"{head} events replayed" in done.stdout, done.stdout
+    assert " s (" in done.stdout and "events/s" in done.stdout, done.stdout  # elapsed and rate
+    assert "profiles" in done.stdout and "profile_changes" in done.stdout
+    assert "replay" in done.stderr, "progress is shown"
+    assert {name: v[0] for name, v in (await projection_versions(db)).items()} == CODE_VERSIONS
+    assert (await client.get("/readyz")).status_code == 200
+    await assert_matches_fold(client, db)
+
+    # Only the named projection.
+    versions = await projection_versions(db)
+    one = run_cli("rebuild", "profiles", env=env, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert "rebuilt profiles:" in one.stdout, one.stdout
+    after = await projection_versions(db)
+    assert after["profile_changes"] == versions["profile_changes"]
+    assert after["profiles"][2] > versions["profiles"][2]
+
+    # An unknown name: non-zero, one line naming it, nothing touched.
+    identity = {t: await physical_identity(db, t) for t in PROJECTION_TABLES}
+    bad = run_cli("rebuild", "nosuch", env=env, cwd=tmp_path)
+    assert bad.returncode != 0
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nosuch" in lines[0] and "profiles" in lines[0], bad.stderr
+    assert {t: await physical_identity(db, t) for t in PROJECTION_TABLES} == identity
+    assert await projection_versions(db) == after
+
+    # While another rebuild holds the lock: non-zero with a one-line reason.
+    side = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await side.execute("SELECT pg_advisory_lock(hashtext($1))", REBUILD_LOCK)
+        busy = run_cli("rebuild", env=env, cwd=tmp_path)
+    finally:
+        await side.close()
+    assert busy.returncode != 0
+    lines = busy.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another rebuild is running" in lines[0], busy.stderr
+    assert await projection_versions(db) == after
+
+    helped = run_cli("rebuild", "--help", env=env, cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert "profile-audit rebuild" in helped.stdout and "Projections to rebuild" in helped.stdout, (
+        helped.stdout
+    )
+
+
+# --- rebuilds give exactly the same answers ---------------------------------------------------
+
+
+async def test_rebuild_after_emptying_the_projections_restores_identical_answers(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any]
+) -> None:
+    users = await seed(client, db)
+    assert len(users) == 2 * len(ODD_USERS) + 2  # + carol and id1 from the fixtures
+    before, rows_before = await snapshot(client, users), await tables(db)
+    await assert_matches_fold(client, db)
+
+    await db.execute("DELETE FROM profiles")
+    await db.execute("DELETE FROM profile_changes")
+    status, _ = await get_json(client, user_path("alice"), {"sdkappid": SDKAPPID})
+    assert status == 404, "the projections really were emptied"
+
+    await rebuild_projections(db)
+    assert await snapshot(client, users) == before
+    assert await tables(db) == rows_before
+    assert await leftover_tables(db) == []
+
+    # The rebuilt tables keep being maintained inline: a new change and a late one re-link `old`.
+    await post_delivery(client, Delivery("alice", 1_800_000_000_000, [("Tag_Profile_IM_Nick", "after")]))
+    await post_delivery(client, Delivery("alice", 1, [("Tag_Profile_IM_Nick", "very first")]))
+    await assert_matches_fold(client, db)
+    after_inline = await tables(db)
+    await rebuild_projections(db)
+    assert await tables(db) == after_inline, "inline and rebuilt projections agree row for row"
+
+
+async def test_rebuilding_one_projection_leaves_the_other_untouched(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any]
+) -> None:
+    users = await seed(client, db)
+    before, rows_before = await snapshot(client, users), await tables(db)
+
+    for rebuilt, other in (("profiles", "profile_changes"), ("profile_changes", "profiles")):
+        untouched = await physical_identity(db, other)
+        other_version = (await projection_versions(db))[other]
+        await db.execute(f"DELETE FROM {rebuilt}")
+        report = await rebuild_projections(db, [rebuilt])
+        assert report.projections == [rebuilt]
+        assert await physical_identity(db, other) == untouched, f"{other} was rewritten"
+        assert (await projection_versions(db))[other] == other_version
+        assert await tables(db) == rows_before
+        assert await snapshot(client, users) == before
+
+
+async def test_a_second_rebuild_while_one_holds_the_lock_is_refused_and_touches_nothing(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], database_url: str
+) -> None:
+    users = await seed(client, db)
+    before = await snapshot(client, users)
+    await db.execute("UPDATE projection_versions SET version = 0 WHERE name = 'profiles'")
+    state = (
+        {t: await physical_identity(db, t) for t in PROJECTION_TABLES},
+        await projection_versions(db),
+        await catalog(db),
+    )
+
+    side = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await side.execute("SELECT pg_advisory_lock(hashtext($1))", REBUILD_LOCK)
+        with pytest.raises(RebuildBusy, match="another rebuild"):
+            await rebuild_projections(db)
+        with pytest.raises(RebuildBusy):
+            await rebuild_projections(db, ["profile_changes"])
+        assert (
+            {t: await physical_identity(db, t) for t in PROJECTION_TABLES},
+            await projection_versions(db),
+            await catalog(db),
+        ) == state
+        assert await leftover_tables(db) == []
+        # The refused call took no lock of its own: the holder is still the only one.
+        held = await db.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        assert held == 1
+    finally:
+        await side.close()
+
+    await rebuild_projections(db)  # free again
+    assert await snapshot(client, users) == before
+    assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_two_rebuilds_at_once_one_runs_the_other_is_refused(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], database_url: str
+) -> None:
+    users = await seed(client, db)
+    before, rows_before = await snapshot(client, users), await tables(db)
+    first = ThreadedRebuild(database_url, pause_when=lambda phase, done, total: phase == "build")
+    first.start()
+    await first.wait_paused()  # mid-rebuild: a shadow table is built, nothing swapped yet
+    try:
+        with pytest.raises(RebuildBusy):
+            await rebuild_projections(db)
+        assert await tables(db) == rows_before
+    finally:
+        first.resume()
+    report = await first.result()
+    assert sorted(report.projections) == sorted(REGISTRY)
+    assert await tables(db) == rows_before
+    assert await snapshot(client, users) == before
+    assert await leftover_tables(db) == []
+
+
+async def test_leftovers_of_an_interrupted_rebuild_do_not_break_the_next(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], database_url: str
+) -> None:
+    users = await seed(client, db)
+    before, rows_before, names_before = await snapshot(client, users), await tables(db), await catalog(db)
+
+    # 1. Stale tables as a killed run leaves them: shadows with their indexes, a full stage, all
+    #    holding rows that must not leak into the result.
+    await db.execute("CREATE TABLE profiles__shadow (LIKE profiles INCLUDING DEFAULTS)")
+    await db.execute("CREATE UNIQUE INDEX profiles_pkey__shadow ON profiles__shadow (sdkappid, user_id, tag)")
+    await db.execute(
+        "INSERT INTO profiles__shadow VALUES ($1, 'ghost', 'Tag_Profile_IM_Nick', '\"boo\"', 1, 1)", SDKAPPID
+    )
+    await db.execute("CREATE TABLE profile_changes__shadow (LIKE profile_changes INCLUDING DEFAULTS)")
+    await db.execute(
+        "CREATE TABLE profile_items__stage (sdkappid bigint, user_id text, position bigint, event_time bigint,"
+        " received_at timestamptz, operator_account text, opt_platform text, client_ip text, tag text,"
+        " value jsonb)"
+    )
+    await db.execute(
+        "INSERT INTO profile_items__stage VALUES ($1, 'ghost', 99999, 1, now(), 'x', 'x', 'x', 'T', '1')",
+        SDKAPPID,
+    )
+    await rebuild_projections(db)
+    assert await snapshot(client, users) == before
+    assert await tables(db) == rows_before
+    assert await catalog(db) == names_before
+    assert await leftover_tables(db) == []
+
+    # 2. A run that fails part-way (after one shadow table is built and indexed).
+    crashed = ThreadedRebuild(
+        database_url,
+        pause_when=lambda phase, done, total: (phase, done) == ("build", 1),
+        fail_on_resume=True,
+    )
+    crashed.start()
+    await crashed.wait_paused()
+    crashed.resume()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        await crashed.result()
+    assert await leftover_tables(db), "the failed run left its shadow and stage behind"
+    assert await tables(db) == rows_before, "the live tables were not touched"
+    assert await snapshot(client, users) == before
+    await rebuild_projections(db)
+    assert await tables(db) == rows_before and await catalog(db) == names_before
+    assert await leftover_tables(db) == []
+
+    # 3. A run whose database session is killed mid-way: its advisory lock goes with the session.
+    killed = ThreadedRebuild(
+        database_url, pause_when=lambda phase, done, total: (phase, done) == ("build", 1)
+    )
+    killed.start()
+    await killed.wait_paused()
+    assert await db.fetchval("SELECT pg_terminate_backend($1)", killed.server_pid)
+    killed.resume()
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+        await killed.result()
+    await rebuild_projections(db)
+    assert await snapshot(client, users) == before
+    assert await tables(db) == rows_before and await catalog(db) == names_before
+    assert await leftover_tables(db) == []
+
+
+async def test_index_and_constraint_names_are_the_same_after_rebuilds(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any]
+) -> None:
+    """Regression: the primary keys were lost on the swap (pg_constraint.contype came back as bytes)."""
+    await seed(client, db)
+    names = await catalog(db)
+    assert {c[1] for c in names["constraints"] if c[2] == "p"} == {"profiles_pkey", "profile_changes_pkey"}
+    assert {i[1] for i in names["indexes"]} >= {
+        "profiles_pkey",
+        "profile_changes_pkey",
+        "profile_changes_by_tag_time",
+        "profile_changes_by_user_time",
+    }
+    for names_arg in ((), (), ["profiles"], ["profile_changes"], ()):
+        await rebuild_projections(db, names_arg)
+        assert await catalog(db) == names, names_arg
+        assert await leftover_tables(db) == []
+    # The primary key still guards the table (not just a look-alike unique index).
+    row = await db.fetchrow("SELECT * FROM profiles LIMIT 1")
+    with pytest.raises(asyncpg.UniqueViolationError, match="profiles_pkey"):
+        await db.execute(
+            "INSERT INTO profiles SELECT * FROM profiles WHERE (sdkappid, user_id, tag) = ($1, $2, $3)",
+            row["sdkappid"],
+            row["user_id"],
+            row["tag"],
+        )
