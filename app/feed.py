@@ -63,6 +63,7 @@ class Feed:
         self._subscriptions: set[Subscription] = set()
         self._wake = asyncio.Event()
         self._position = 0
+        self._notified_head = 0
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -104,11 +105,17 @@ class Feed:
                     with contextlib.suppress(Exception):
                         await connection.close(timeout=1)
 
-    def _notified(self, *_args: object) -> None:
+    def _notified(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
+        if isinstance(payload, str) and payload.isdigit():
+            self._notified_head = max(self._notified_head, int(payload))
         self._wake.set()
 
     async def _fan_out(self) -> None:
         """Read what was appended since the last fan-out and offer it to every subscriber."""
+        if not self._subscriptions:
+            # Nobody to serve: skip the read. A new subscriber replays from the log itself.
+            self._position = max(self._position, self._notified_head)
+            return
         while True:
             events = await self._read(self._position, PAGE)
             if not events:

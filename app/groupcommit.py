@@ -83,17 +83,28 @@ class GroupCommitter:
                 await self._connection.close(timeout=2)
             self._connection = None
 
-    async def append(self, event: NewEvent) -> Appended:
-        """Queue `event` and wait until its batch is committed; StoreUnavailable if it was not."""
+    async def append(self, event: NewEvent, deadline: float | None = None) -> Appended:
+        """Queue `event` and wait until its batch is committed.
+
+        StoreUnavailable if it was not committed, or not within `deadline` seconds (it may still
+        be committed later; a redelivery is then a duplicate).
+        """
         if self._closing or self._task is None:
             raise StoreUnavailable("the service is shutting down")
-        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Appended] = loop.create_future()
         future.add_done_callback(_consume)
         try:
             self._queue.put_nowait((event, future))
         except asyncio.QueueFull as exc:
             raise StoreUnavailable("too many deliveries waiting for the database") from exc
-        return await asyncio.shield(future)
+        if deadline is None:
+            return await future
+        expiry = loop.call_later(deadline, _expire, future)
+        try:
+            return await future
+        finally:
+            expiry.cancel()
 
     @property
     def pending(self) -> int:
@@ -161,6 +172,11 @@ def _fail(batch: list[tuple[NewEvent, asyncio.Future[Appended]]], exc: Exception
     for _, future in batch:
         if not future.done():
             future.set_exception(exc)
+
+
+def _expire(future: asyncio.Future[Appended]) -> None:
+    if not future.done():
+        future.set_exception(StoreUnavailable("database did not commit in time"))
 
 
 def _consume(future: asyncio.Future[Appended]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -127,11 +126,9 @@ async def _receive(
             REJECTED.inc()
         return "rejected", fail(exc.status, exc.reason)
     try:
-        appended = await asyncio.wait_for(svc.committer.append(event), REPLY_DEADLINE_SECONDS)
+        appended = await svc.committer.append(event, deadline=REPLY_DEADLINE_SECONDS)
     except StoreUnavailable as exc:
         return "unavailable", fail(503, str(exc))
-    except TimeoutError:
-        return "unavailable", fail(503, "database did not commit in time")
     return ("duplicate" if appended.duplicate else "ok"), Response(
         content=OK_BODY, status_code=200, media_type=JSON
     )
