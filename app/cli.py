@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -136,25 +137,28 @@ def serve(
         for default in settings.dev_defaults:
             typer.echo(f"profile-audit: WARNING development default {default}", err=True)
         # Workers write their metrics to one directory and /metrics adds them up.
-        metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
-            prefix="profile-audit-metrics-"
-        )
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if own_metrics_dir:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="profile-audit-metrics-")
         # uvicorn re-raises SIGTERM after its graceful shutdown; make that a normal exit so the
         # embedded database is stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_on_signal)
-        uvicorn.run(
-            "app.app:create_app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_level=settings.log_level.lower(),
-            timeout_graceful_shutdown=10,
-        )
+        try:
+            uvicorn.run(
+                "app.app:create_app_from_env",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                loop="uvloop",
+                http="httptools",
+                access_log=False,
+                log_level=settings.log_level.lower(),
+                timeout_graceful_shutdown=10,
+            )
+        finally:
+            if own_metrics_dir:
+                shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

@@ -89,12 +89,17 @@ class Feed:
             connection: asyncpg.Connection[Any] | None = None
             try:
                 connection = await asyncpg.connect(self._dsn, timeout=5)
+                # A server restart closes the connection without an error here: wake up, notice
+                # and listen again on a new one (else notifications stop for good).
+                connection.add_termination_listener(self._connection_lost)
                 await connection.add_listener(CHANNEL, self._notified)
                 while True:
                     await self._fan_out()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._poll)
                     self._wake.clear()
+                    if connection.is_closed():
+                        raise ConnectionError("the LISTEN connection was closed")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -104,6 +109,9 @@ class Feed:
                 if connection is not None:
                     with contextlib.suppress(Exception):
                         await connection.close(timeout=1)
+
+    def _connection_lost(self, _connection: object) -> None:
+        self._wake.set()
 
     def _notified(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
         if isinstance(payload, str) and payload.isdigit():

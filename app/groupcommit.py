@@ -164,8 +164,12 @@ class GroupCommitter:
 
 
 def _is_data_error(exc: asyncpg.PostgresError) -> bool:
-    """Errors caused by an event's content (classes 22 and 23), not by the database's state."""
-    return str(getattr(exc, "sqlstate", "") or "")[:2] in {"22", "23"}
+    """Errors caused by an event's content, not by the database's state.
+
+    Classes 22 (data exception), 23 (integrity constraint) and 54 (program limit exceeded: an index
+    entry or a value too large, nesting too deep).
+    """
+    return str(getattr(exc, "sqlstate", "") or "")[:2] in {"22", "23", "54"}
 
 
 def _fail(batch: list[tuple[NewEvent, asyncio.Future[Appended]]], exc: Exception) -> None:

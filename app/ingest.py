@@ -16,6 +16,11 @@ SIGN_WINDOW_SECONDS = 60
 INT64_MAX = 2**63 - 1
 DIGEST_VERSION = 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# From_Account and every Tag are index keys of the log and the projections; PostgreSQL refuses an
+# index entry over ~2.7 kB (a program-limit error, not a data error), so a longer one would be
+# refused on every redelivery. Tencent's UserIDs are at most 32 bytes and tags a few dozen: this
+# bound leaves a wide margin for the permissive reading while keeping (user, tag) keys indexable.
+MAX_KEY_BYTES = 1024
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
@@ -166,6 +171,12 @@ def decode_callback(
             portrait = msgspec.convert(document, PortraitSet)
         except msgspec.ValidationError as exc:
             raise CallbackError(400, f"invalid {PORTRAIT_SET}: {exc}", keep=True) from exc
+        for name, key in (
+            ("From_Account", portrait.From_Account),
+            *(("ProfileItem Tag", item.Tag) for item in portrait.ProfileItem),
+        ):
+            if len(key) > MAX_KEY_BYTES // 4 and len(key.encode()) > MAX_KEY_BYTES:
+                raise CallbackError(400, f"{name} is longer than {MAX_KEY_BYTES} bytes", keep=True)
         user_id = portrait.From_Account
         event_time = portrait.EventTime
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,8 +15,10 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.spec import (
     Example,
     OpenAPIMediaType,
+    OpenAPIResponse,
     OpenAPIType,
     Operation,
+    Parameter,
     RequestBody,
     Schema,
 )
@@ -59,11 +62,60 @@ def fail(status: int, reason: str) -> Response[bytes]:
     return Response(content=body, status_code=status, media_type=JSON)
 
 
+REPLY_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["ActionStatus", "ErrorCode", "ErrorInfo"],
+    properties={
+        "ActionStatus": Schema(type=OpenAPIType.STRING, enum=["OK", "FAIL"]),
+        "ErrorCode": Schema(type=OpenAPIType.INTEGER, enum=[0, 1]),
+        "ErrorInfo": Schema(type=OpenAPIType.STRING),
+    },
+)
+REPLIES = {
+    "200": "OK: the delivery is committed (or was already, for a repeated delivery)",
+    "400": "FAIL: SdkAppid missing or not a number; or an invalid body (kept in rejected_deliveries)",
+    "401": "FAIL: Sign/RequestTime missing, wrong or outside ±60 s (a callback token is configured)",
+    "403": "FAIL: SdkAppid not configured here",
+    "413": "FAIL: body larger than PROFILE_AUDIT_MAX_BODY_BYTES",
+    "503": "FAIL: the database is unavailable or did not commit in time; nothing acknowledged",
+}
+QUERY = {  # name: (description, required, example)
+    "SdkAppid": ("The app's SDKAppID; must be one of PROFILE_AUDIT_SDKAPPID", True, "1400000000"),
+    "CallbackCommand": (
+        "e.g. Profile.CallbackPortraitSet (the body carries it too)",
+        False,
+        "Profile.CallbackPortraitSet",
+    ),
+    "contenttype": ("json", False, "json"),
+    "ClientIP": ("The client's IP address", False, "127.0.0.1"),
+    "OptPlatform": ("RESTAPI, Web, Android, iOS, …", False, "RESTAPI"),
+    "Sign": ("SHA-256 hex of token + RequestTime, when a callback token is configured", False, None),
+    "RequestTime": ("Unix time in seconds, when a callback token is configured", False, None),
+}
+
+
 @dataclass
 class CallbackOperation(Operation):
-    """Documents the raw JSON body, which the handler reads itself so that bad bodies are kept."""
+    """Documents the query string, the raw JSON body (the handler reads both itself so that bad
+    deliveries are kept) and every reply, all of them with Tencent's reply body."""
 
     def __post_init__(self) -> None:
+        self.parameters = [
+            Parameter(
+                name=name,
+                param_in="query",
+                schema=Schema(type=OpenAPIType.STRING, examples=[example] if example else None),
+                description=description,
+                required=required,
+            )
+            for name, (description, required, example) in QUERY.items()
+        ]
+        self.responses = {
+            status: OpenAPIResponse(
+                description=description, content={JSON: OpenAPIMediaType(schema=REPLY_SCHEMA)}
+            )
+            for status, description in REPLIES.items()
+        }
         self.request_body = RequestBody(
             required=True,
             description="The JSON body Tencent IM posts; any CallbackCommand is accepted.",
@@ -120,7 +172,12 @@ async def _receive(
     except CallbackError as exc:
         if exc.keep:
             try:
-                await svc.keep_rejected(sdkappid=sdkappid, query=query, body=raw, reason=exc.reason)
+                # Bounded like the append: a stalled database must not hold the reply past
+                # Tencent's timeout; a 503 gets the delivery redelivered, and kept then.
+                await asyncio.wait_for(
+                    svc.keep_rejected(sdkappid=sdkappid, query=query, body=raw, reason=exc.reason),
+                    REPLY_DEADLINE_SECONDS,
+                )
             except Exception:
                 return "unavailable", fail(503, "database unavailable; the delivery was not kept")
             REJECTED.inc()
@@ -145,6 +202,7 @@ def callback_handler(max_body_bytes: int) -> HTTPRouteHandler:
             " the event is committed (also for a repeated delivery); 4xx/5xx with the FAIL reply."
         ),
         tags=["callback"],
+        status_code=200,
         request_max_body_size=max_body_bytes,
         operation_class=CallbackOperation,
         response_description="The OK reply, sent after the commit",

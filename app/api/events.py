@@ -7,6 +7,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Request, get
+from litestar.exceptions import NotAuthorizedException, ValidationException
 from litestar.params import Parameter
 
 from app.api.auth import SECURITY, require_token
@@ -66,7 +67,12 @@ class EventsController(Controller):
     guards = [require_token]  # noqa: RUF012
     security = SECURITY
 
-    @get("/", operation_id="listEvents", summary="Read the event log in position order")
+    @get(
+        "/",
+        operation_id="listEvents",
+        summary="Read the event log in position order",
+        raises=[NotAuthorizedException, ValidationException],
+    )
     async def list_events(
         self,
         request: Request,  # type: ignore[type-arg]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import structlog
 from litestar import Request, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 
 from app.api.services import services
 from app.database import current_revision, driver_connection, head_revision
@@ -41,7 +42,11 @@ async def healthz() -> Health:
     operation_id="ready",
     tags=["health"],
     summary="Readiness: database reachable, schema at head, projections current",
-    responses={},
+    responses={
+        503: ResponseSpec(
+            data_container=Readiness, generate_examples=False, description="Not ready, with the problems"
+        )
+    },
 )
 async def readyz(request: Request) -> Response[Readiness]:  # type: ignore[type-arg]
     """200 when the service can take and answer traffic, 503 with the problems otherwise."""

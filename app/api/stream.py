@@ -7,7 +7,8 @@ from typing import Annotated
 
 import msgspec
 from litestar import Request, get
-from litestar.exceptions import ValidationException
+from litestar.exceptions import NotAuthorizedException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
@@ -39,8 +40,17 @@ def resume_position(last_event_id: str | None, after: int | None) -> int:
         " disconnected and resumes by id."
     ),
     tags=["events"],
+    responses={
+        200: ResponseSpec(
+            data_container=str,
+            media_type="text/event-stream",
+            generate_examples=False,
+            description="The event stream: `id:`, `event: event` and the event JSON as `data:`",
+        )
+    },
     guards=[require_token],
     security=SECURITY,
+    raises=[NotAuthorizedException, ValidationException],
 )
 async def stream_events(
     request: Request,  # type: ignore[type-arg]

@@ -11,7 +11,12 @@ from urllib.parse import quote, unquote
 
 import msgspec
 from litestar import Controller, Request, get
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    ValidationException,
+)
 from litestar.params import Parameter
 from litestar.types import Scope
 
@@ -151,7 +156,7 @@ class UsersController(Controller):
         "/profile",
         operation_id="getProfile",
         summary="A user's current profile, or as it was at a time",
-        raises=[NotFoundException, ValidationException, ServiceUnavailable],
+        raises=[NotAuthorizedException, NotFoundException, ValidationException, ServiceUnavailable],
     )
     async def get_profile(
         self,
@@ -186,7 +191,7 @@ class UsersController(Controller):
         "/profile-history",
         operation_id="getProfileHistory",
         summary="A user's profile changes, newest first",
-        raises=[NotFoundException, ValidationException, ServiceUnavailable],
+        raises=[NotAuthorizedException, NotFoundException, ValidationException, ServiceUnavailable],
     )
     async def get_profile_history(
         self,

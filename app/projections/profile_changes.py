@@ -1,8 +1,8 @@
 """The change-history projection: one row per (event, tag) with the tag's old and new value.
 
 `old` is the tag's value just before this change in (EventTime, position) order, so a late
-delivery that lands between two earlier ones shows up where it belongs. Applied inline by the SQL
-function `project_event` (migrations); rebuilt by FILL_SQL.
+delivery that lands between two earlier ones shows up where it belongs. Applied inline, batch by
+batch, by the SQL function `project_events` (migrations); rebuilt by FILL_SQL.
 """
 
 NAME = "profile_changes"

@@ -1,6 +1,7 @@
 """The current-profile projection: per (SDKAppID, UserID, tag), the newest value by EventTime.
 
-Applied inline by the SQL function `project_event` (migrations); rebuilt by FILL_SQL.
+Applied inline, batch by batch, by the SQL function `project_events` (migrations); rebuilt by
+FILL_SQL.
 """
 
 NAME = "profiles"

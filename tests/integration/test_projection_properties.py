@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -14,6 +17,8 @@ from litestar.testing import AsyncTestClient
 
 from app.app import create_app
 from app.config import asyncpg_dsn
+from app.eventstore import EventStore
+from app.ingest import decode_callback
 from app.rebuild import rebuild_projections
 from tests.conftest import AUTH, SDKAPPID, make_settings
 from tests.reference import LoggedEvent, ReferenceFold
@@ -90,17 +95,44 @@ def reference_answers(fold: ReferenceFold, users: list[str]) -> dict[str, Any]:
     return result
 
 
-async def run_scenario(
-    database_url: str, deliveries: list[tuple[str, int, str, list[tuple[str, Any]]]]
+async def append_in_batches(
+    database_url: str, deliveries: list[tuple[str, int, str, list[tuple[str, Any]]]], cuts: list[int]
 ) -> None:
+    """Append the deliveries straight through the event store, in batches split at `cuts`."""
+    received = datetime.now(UTC)
+    events = [
+        decode_callback(
+            QUERY,
+            json.dumps(body(user, event_time, operator, changed)).encode(),
+            sdkappid=SDKAPPID,
+            received_at=received,
+        )
+        for user, event_time, operator, changed in deliveries
+    ]
+    bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(events))), len(events)]
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        for low, high in itertools.pairwise(bounds):
+            await EventStore().insert_events(connection, events[low:high])
+    finally:
+        await connection.close()
+
+
+async def run_scenario(
+    database_url: str,
+    deliveries: list[tuple[str, int, str, list[tuple[str, Any]]]],
+    cuts: list[int] | None = None,
+) -> None:
+    """Deliver over HTTP one by one (cuts None) or append in batches; then compare answers."""
     prefix = uuid.uuid4().hex[:8] + ":"
     users = sorted({prefix + user for user, *_ in deliveries})
+    deliveries = [(prefix + user, t, o, c) for user, t, o, c in deliveries]
+    if cuts is not None:
+        await append_in_batches(database_url, deliveries, cuts)
     app = create_app(make_settings(database_url, sdkappids=(SDKAPPID,)))
     async with AsyncTestClient(app=app) as client:
-        for user, event_time, operator, changed in deliveries:
-            r = await client.post(
-                "/callback", params=QUERY, json=body(prefix + user, event_time, operator, changed)
-            )
+        for user, event_time, operator, changed in deliveries if cuts is None else []:
+            r = await client.post("/callback", params=QUERY, json=body(user, event_time, operator, changed))
             assert r.status_code == 200, r.text
 
         connection = await asyncpg.connect(asyncpg_dsn(database_url))
@@ -111,8 +143,6 @@ async def run_scenario(
                 users,
             )
             fold = ReferenceFold()
-            import json
-
             for row in rows:
                 doc = json.loads(row["doc"])
                 fold.add(
@@ -146,3 +176,16 @@ def test_inline_rebuilt_and_reference_agree(
     database_url: str, deliveries: list[tuple[str, int, str, list[tuple[str, Any]]]]
 ) -> None:
     asyncio.run(run_scenario(database_url, deliveries))
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(deliveries=scenarios(), cuts=st.lists(st.integers(1, 14), max_size=3))
+def test_batched_appends_agree_with_the_fold(
+    database_url: str, deliveries: list[tuple[str, int, str, list[tuple[str, Any]]]], cuts: list[int]
+) -> None:
+    """Group commit appends many deliveries at once: late ones inside a batch must fold right."""
+    asyncio.run(run_scenario(database_url, deliveries, cuts))

@@ -308,6 +308,21 @@ async def test_a_file_repeating_itself_imports_once(
     assert await export_bytes(target) == exported
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["import", "dry-run"])
+async def test_the_same_event_twice_in_one_batch(
+    client: AsyncTestClient[Any],
+    db: asyncpg.Connection[Any],
+    target: asyncpg.Connection[Any],
+    dry_run: bool,
+) -> None:
+    await populate(client, generated=0)
+    lines = (await export_bytes(db)).splitlines(keepends=True)
+    data = lines[0] + lines[1] + lines[0] + lines[1] + lines[1]
+    report, rejects = await run_import(target, data, dry_run=dry_run, batch_size=1000)
+    assert (report.new, report.duplicate, report.rejected, rejects) == (2, 3, 0, {})
+    assert await export_bytes(target) == (b"" if dry_run else lines[0] + lines[1])
+
+
 # --- dry run ---------------------------------------------------------------------------------
 
 
