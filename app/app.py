@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import cast
+from typing import Any, cast
 
-from litestar import Litestar
+import asyncpg
+from litestar import Litestar, Request, Response
 from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -94,6 +95,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics,
         ],
         middleware=[request_id_middleware],
+        exception_handlers={
+            OSError: database_unavailable,
+            asyncpg.PostgresError: database_unavailable,
+            asyncpg.InterfaceError: database_unavailable,
+        },
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title="profile-audit",
@@ -109,6 +115,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+
+
+def database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, object]]:
+    """503 (never a bare 500) when a read cannot reach the database."""
+    log.warning("database unavailable: %s: %s", exc.__class__.__name__, exc)
+    return Response({"status_code": 503, "detail": "database unavailable; retry later"}, status_code=503)
 
 
 async def _head_position(engine: AsyncEngine, store: EventStore) -> int:

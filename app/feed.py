@@ -79,10 +79,12 @@ class Feed:
     async def stop(self) -> None:
         """Stop listening."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            task, self._task = self._task, None
+            # Cancel until it is done: a cancellation that races a completing await can be lost
+            # (asyncio.wait_for on Python 3.11), and the loop would then run, and stop() wait, for ever.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1)
 
     async def _run(self) -> None:
         while True:
@@ -95,8 +97,10 @@ class Feed:
                 await connection.add_listener(CHANNEL, self._notified)
                 while True:
                     await self._fan_out()
+                    # asyncio.timeout, not wait_for: a stop() arriving with a notification must win.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._poll)
+                        async with asyncio.timeout(self._poll):
+                            await self._wake.wait()
                     self._wake.clear()
                     if connection.is_closed():
                         raise ConnectionError("the LISTEN connection was closed")

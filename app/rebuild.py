@@ -36,7 +36,7 @@ SELECT e.sdkappid, e.user_id, e.position, e.event_time, e.received_at,
        d.doc ->> 'Operator_Account', e.metadata ->> 'OptPlatform', e.metadata ->> 'ClientIP',
        i.tag, i.value
   FROM events e
- CROSS JOIN LATERAL (SELECT e.body::jsonb AS doc) d
+ CROSS JOIN LATERAL (SELECT e.body::jsonb AS doc OFFSET 0) d  -- parsed once, not per item
  CROSS JOIN LATERAL profile_items(d.doc) i
  WHERE e.command = 'Profile.CallbackPortraitSet' AND e.position > $1 AND e.position <= $2
 """
@@ -91,7 +91,11 @@ async def rebuild_projections(
     if not got_lock:
         raise RebuildBusy("another rebuild is running; wait for it to finish")
     try:
-        await connection.execute("SET work_mem = '256MB'; SET maintenance_work_mem = '512MB'")
+        # Big sorts in memory; the shadow fills need not wait for WAL flushes (they are thrown
+        # away on a crash anyway): only the swap transaction below commits synchronously.
+        await connection.execute(
+            "SET work_mem = '1GB'; SET maintenance_work_mem = '1GB'; SET synchronous_commit = off"
+        )
         snapshot = int(await connection.fetchval("SELECT position FROM log_head"))
 
         await _recreate(connection, STAGE, STAGE_DDL.format(stage=STAGE))
@@ -114,6 +118,7 @@ async def rebuild_projections(
             report("build", index, len(projections))
 
         async with connection.transaction():
+            await connection.execute("SET LOCAL synchronous_commit = on")
             head = int(await connection.fetchval("SELECT position FROM log_head FOR UPDATE"))
             if head > snapshot:
                 await _catch_up(connection, projections, snapshot, head)

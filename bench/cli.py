@@ -24,7 +24,7 @@ from bench.delivery import SDKAPPIDS
 from bench.machine import machine_info
 from bench.report import Report, print_report, write_files
 from bench.runner import Measurement, measure
-from bench.servers import Target, echo_target, free_port, insert_target, real_target
+from bench.servers import Running, Target, echo_target, free_port, insert_target, real_target
 from bench.wrk import Load, WrkMissing, ensure_wrk, wrk_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -101,10 +101,18 @@ def _target(name: str, args: argparse.Namespace, server: DatabaseServer, facts: 
     return Planned(echo_target(port, args.workers), port, None, None)
 
 
-def _run_all(
-    args: argparse.Namespace, server: DatabaseServer, facts: dict[str, Any], wrk: str, console: Console
+def run_targets(
+    args: argparse.Namespace,
+    server: DatabaseServer,
+    facts: dict[str, Any],
+    wrk: str,
+    console: Console,
+    inspect_real: Callable[[Running], None] | None = None,
 ) -> tuple[list[Measurement], Correctness | None]:
-    """Measure every chosen target in turn; check the real service's log after its run."""
+    """Measure every chosen target in turn; check the real service's log after its run.
+
+    `inspect_real` sees the real service still running after its measured run (e.g. its memory).
+    """
     measurements: list[Measurement] = []
     correctness: Correctness | None = None
     with tempfile.TemporaryDirectory(prefix="bench-work-") as scratch:
@@ -124,6 +132,7 @@ def _run_all(
                 postmaster_pid=facts.get("postmaster_pid"),
                 after_warmup=planned.after_warmup,
                 profile_to=args.results_dir / f"{args.stamp}-{name}.pyspy.txt" if args.profile else None,
+                before_stop=inspect_real if name == "real" else None,
             )
             measurements.append(measured)
             if name == "real" and planned.database_url is not None:
@@ -156,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         try:
             facts = server_facts(server.admin_url)
-            measurements, correctness = _run_all(args, server, facts, wrk, console)
+            measurements, correctness = run_targets(args, server, facts, wrk, console)
         finally:
             server.stop(keep=args.keep_databases)
     except (RuntimeError, OSError, asyncpg.PostgresError, subprocess.SubprocessError) as exc:

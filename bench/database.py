@@ -43,6 +43,11 @@ async def _execute(url: str, *statements: str) -> None:
         await connection.close()
 
 
+def analyze(url: str) -> None:
+    """ANALYZE every table of the database at `url`."""
+    asyncio.run(_execute(url, "ANALYZE"))
+
+
 class DatabaseServer:
     """Starts the embedded server when no URL is given; creates and drops the bench's databases."""
 
@@ -79,9 +84,16 @@ class DatabaseServer:
         self._created.append(name)
         return with_database(self.admin_url, name)
 
+    def drop(self, url: str) -> None:
+        """Drop a database made by `create` (by its URL) to free its disk space now."""
+        name = urlsplit(url).path.lstrip("/")
+        asyncio.run(_execute(self.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if name in self._created:
+            self._created.remove(name)
+
     def analyze(self, url: str) -> None:
         """ANALYZE one database (what autovacuum does within about a minute of a busy start)."""
-        asyncio.run(_execute(url, "ANALYZE"))
+        analyze(url)
 
     def checkpoint(self) -> None:
         """CHECKPOINT, so that each target starts without the previous one's dirty pages (when allowed)."""

@@ -1,5 +1,6 @@
 -- wrk script for `python -m bench`: every request is a distinct Profile.CallbackPortraitSet delivery.
--- Arguments (after `--`): run nonce, base EventTime in ms, distinct users per thread.
+-- Arguments (after `--`): run nonce, base EventTime in ms, distinct users per thread, and optionally a
+-- pause in ms before each request on a connection (paces the load; 0 or absent: closed loop).
 -- done() prints one line "BENCH_RESULT {json}" with the summary, latency percentiles and statuses.
 
 local threads = {}
@@ -15,6 +16,12 @@ function init(args)
   nonce = args[1] or "run"
   base_time = tonumber(args[2]) or 1700000000000
   users = tonumber(args[3]) or 1000
+  local pause = tonumber(args[4]) or 0
+  if pause > 0 then
+    function delay()
+      return pause
+    end
+  end
   sent = 0
   statuses = {}
   wrk.method = "POST"

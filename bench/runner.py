@@ -71,8 +71,12 @@ def measure(
     postmaster_pid: int | None,
     profile_to: Path | None = None,
     after_warmup: Callable[[], None] | None = None,
+    before_stop: Callable[[Running], None] | None = None,
 ) -> Measurement:
-    """Start `target` on `port`, warm up, measure under `load`, optionally profile, stop it gracefully."""
+    """Start `target` on `port`, warm up, measure under `load`, optionally profile, stop it gracefully.
+
+    `before_stop` is called with the still-running target after the measured (and profiled) run.
+    """
     running = Running(target, port, log_path, workdir)
     try:
         running.wait_ready()
@@ -90,6 +94,8 @@ def measure(
         result = _wrk(wrk, running.url, load, load.duration, "m")
         cpu = meter.stop(time.monotonic() - started, children_label="wrk")
         profiled, profile = _profile(running, wrk, load, profile_to) if profile_to else (None, ())
+        if before_stop is not None:
+            before_stop(running)
     finally:
         status = running.stop()
     return Measurement(

@@ -61,7 +61,8 @@ def _uvicorn(app: str, port: int, workers: int) -> list[str]:
     ]
 
 
-def _profile_audit() -> list[str]:
+def profile_audit_command() -> list[str]:
+    """How to run the `profile-audit` console script of this environment."""
     script = Path(sys.executable).parent / "profile-audit"
     if script.exists():
         return [str(script)]
@@ -74,7 +75,13 @@ def real_target(port: int, workers: int, database_url: str, sdkappid: int) -> Ta
     return Target(
         name="real",
         title="profile-audit serve (group commit)",
-        argv=[*_profile_audit(), "serve", "--host=127.0.0.1", f"--port={port}", f"--workers={workers}"],
+        argv=[
+            *profile_audit_command(),
+            "serve",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            f"--workers={workers}",
+        ],
         env={
             "DATABASE_URL": database_url,
             "PROFILE_AUDIT_SDKAPPID": str(sdkappid),

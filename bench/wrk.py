@@ -31,6 +31,7 @@ class Load:
     warmup: int
     timeout: int
     users: int
+    pause_ms: float = 0.0
 
 
 class Errors(msgspec.Struct, frozen=True):
@@ -141,6 +142,7 @@ def wrk_command(wrk: str, url: str, load: Load, duration: int, nonce: str, base_
         nonce,
         str(base_time),
         str(load.users),
+        *([f"{load.pause_ms:g}"] if load.pause_ms > 0 else []),
     ]
 
 
@@ -154,7 +156,17 @@ def parse_output(stdout: str) -> WrkResult:
 
 def run_wrk(command: list[str]) -> WrkResult:
     """Run wrk to completion and parse its result."""
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk exited {done.returncode}: {done.stderr.strip() or done.stdout[-2000:]}")
-    return parse_output(done.stdout)
+    return finish_wrk(start_wrk(command))
+
+
+def start_wrk(command: list[str]) -> subprocess.Popen[str]:
+    """Start wrk in the background (several can run at once)."""
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_wrk(process: subprocess.Popen[str]) -> WrkResult:
+    """Wait for a started wrk and parse its result."""
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"wrk exited {process.returncode}: {stderr.strip() or stdout[-2000:]}")
+    return parse_output(stdout)

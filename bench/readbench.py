@@ -1,0 +1,109 @@
+"""Read-API latency on a loaded log while an ingest load runs: one wrk per endpoint, all at once."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.cpu import CpuMeter, tree
+from bench.servers import Running
+from bench.wrk import Load, WrkResult, finish_wrk, start_wrk, wrk_command
+
+SCRIPT = Path(__file__).resolve().parent / "reads.lua"
+ENDPOINTS = {
+    "profile": "GET /users/{id}/profile",
+    "at": "GET /users/{id}/profile?at=…",
+    "history": "GET /users/{id}/profile-history?limit=50",
+}
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """The read load: per endpoint `connections` connections, each pausing `pause_ms` between requests."""
+
+    users: int
+    at_low: int
+    at_high: int
+    connections: int
+    pause_ms: float
+    duration: int
+    warmup: int
+    timeout: int = 10
+    token: str = "bench"
+
+
+@dataclass(frozen=True)
+class ReadRun:
+    """Latency per endpoint, and what the ingest load did meanwhile."""
+
+    scenario: str
+    ingest_load: Load
+    ingest: WrkResult
+    reads: dict[str, WrkResult]
+    cpu_cores: dict[str, float]
+
+
+def read_command(wrk: str, url: str, plan: ReadPlan, mode: str, duration: int) -> list[str]:
+    """wrk against one endpoint (reads.lua picks the users and times)."""
+    return [
+        wrk,
+        "--threads=1",
+        f"--connections={plan.connections}",
+        f"--duration={duration}s",
+        f"--timeout={plan.timeout}s",
+        f"--script={SCRIPT}",
+        url,
+        "--",
+        mode,
+        str(plan.users),
+        str(plan.at_low),
+        str(plan.at_high),
+        plan.token,
+        f"{plan.pause_ms:g}",
+    ]
+
+
+def _reads(wrk: str, url: str, plan: ReadPlan, duration: int) -> dict[str, WrkResult]:
+    started = {mode: start_wrk(read_command(wrk, url, plan, mode, duration)) for mode in ENDPOINTS}
+    return {mode: finish_wrk(process) for mode, process in started.items()}
+
+
+def measure_reads(
+    running: Running,
+    wrk: str,
+    plan: ReadPlan,
+    ingest: Load,
+    postmaster_pid: int | None,
+    scenario: str,
+) -> ReadRun:
+    """Start the ingest load, warm the reads up, then measure all endpoints concurrently."""
+    ingest_seconds = plan.warmup + plan.duration + 3
+    nonce = secrets.token_hex(3) + "r"
+    command = wrk_command(wrk, running.url, ingest, ingest_seconds, nonce, int(time.time() * 1000))
+    ingest_process: subprocess.Popen[str] = start_wrk(command)
+    try:
+        time.sleep(1.0)
+        if plan.warmup > 0:
+            _reads(wrk, running.url, plan, plan.warmup)
+        meter = CpuMeter(
+            {
+                "server": lambda: tree(running.process.pid),
+                "postgres": lambda: tree(postmaster_pid) if postmaster_pid else [],
+                "ingest wrk": lambda: tree(ingest_process.pid),
+            }
+        )
+        meter.start()
+        began = time.monotonic()
+        reads = _reads(wrk, running.url, plan, plan.duration)
+        cpu = meter.stop(time.monotonic() - began, children_label="read wrk")
+        ingested = finish_wrk(ingest_process)
+    finally:
+        if ingest_process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                ingest_process.kill()
+            ingest_process.wait()
+    return ReadRun(scenario, ingest, ingested, reads, cpu)
