@@ -115,6 +115,8 @@ async def rebuild_projections(
             await connection.execute(projection.fill_sql.format(target=shadow, stage=STAGE))
             for _name, definition in await _shadow_indexes(connection, projection.table):
                 await connection.execute(definition)
+            # A swapped-in table without statistics is read with bad plans until autovacuum.
+            await connection.execute(f"ANALYZE {shadow}")
             report("build", index, len(projections))
 
         async with connection.transaction():

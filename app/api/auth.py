@@ -24,8 +24,11 @@ SECURITY_COMPONENTS = Components(
 SECURITY: list[dict[str, list[str]]] = [{BEARER: []}]
 
 
-def require_token(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:  # type: ignore[type-arg]
-    """Allow the request only with `Authorization: Bearer <one of the configured tokens>`."""
+async def require_token(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    """Allow the request only with `Authorization: Bearer <one of the configured tokens>`.
+
+    Async so that Litestar runs it on the event loop, not in a thread per request.
+    """
     header = connection.headers.get("authorization", "")
     scheme, _sep, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
