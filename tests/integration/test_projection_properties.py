@@ -21,7 +21,8 @@ from app.eventstore import EventStore
 from app.ingest import decode_callback
 from app.rebuild import rebuild_projections
 from tests.conftest import AUTH, SDKAPPID, make_settings
-from tests.reference import LoggedEvent, ReferenceFold
+from tests.profile_helpers import fold_from_log
+from tests.reference import ReferenceFold
 
 USERS = ["alice", "bob/1"]
 TAGS = ["Tag_Profile_IM_Nick", "Tag_Profile_IM_Level", "Tag_Profile_Custom_X"]
@@ -137,26 +138,10 @@ async def run_scenario(
 
         connection = await asyncpg.connect(asyncpg_dsn(database_url))
         try:
-            rows = await connection.fetch(
-                "SELECT position, sdkappid, user_id, event_time, body::jsonb AS doc FROM events"
-                " WHERE user_id = ANY($1::text[]) ORDER BY position",
-                users,
-            )
-            fold = ReferenceFold()
-            for row in rows:
-                doc = json.loads(row["doc"])
-                fold.add(
-                    LoggedEvent(
-                        position=row["position"],
-                        sdkappid=row["sdkappid"],
-                        user_id=row["user_id"],
-                        event_time=row["event_time"],
-                        operator=doc["Operator_Account"],
-                        items=[(i["Tag"], i["Value"]) for i in doc["ProfileItem"]],
-                    )
-                )
+            fold = await fold_from_log(connection)
+            stored = [e for e in fold.events if e.user_id in set(users)]
             distinct = {(u, t, o, tuple(c)) for u, t, o, c in deliveries}
-            assert len(rows) == len(distinct), "each distinct delivery is stored exactly once"
+            assert len(stored) == len(distinct), "each distinct delivery is stored exactly once"
             expected = reference_answers(fold, users)
 
             assert await read_answers(client, users) == expected, "inline projections"
