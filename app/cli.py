@@ -140,7 +140,7 @@ def serve(
         own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if own_metrics_dir:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="profile-audit-metrics-")
-        # uvicorn re-raises SIGTERM after its graceful shutdown; make that a normal exit so the
+        # uvicorn re-raises SIGTERM after its graceful shutdown; make that a normal exit (0) so the
         # embedded database is stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_on_signal)
         try:
@@ -161,8 +161,8 @@ def serve(
                 shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+def _exit_on_signal(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)  # a requested, graceful stop (systemd, make, docker stop) is a success
 
 
 @cli.command()
