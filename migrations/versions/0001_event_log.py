@@ -1,4 +1,4 @@
-"""Event log: events, log head, rejected deliveries, append function, append-only trigger.
+"""Event log: events, log head, rejected deliveries, the append function, append-only trigger.
 
 Revision ID: 0001
 Revises:
@@ -63,62 +63,104 @@ CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION events_refuse_change();
 
--- Projections hook here; later migrations replace this body.
-CREATE FUNCTION project_event(p_position bigint, p_sdkappid bigint, p_command text,
-                              p_user_id text, p_event_time bigint, p_body text)
-RETURNS void LANGUAGE plpgsql AS $$ BEGIN END $$;
+-- Projections hook here: applies the just-appended range (after, upto] to the read models;
+-- 0002 replaces this body.
+CREATE FUNCTION project_events(p_after bigint, p_upto bigint) RETURNS void
+LANGUAGE plpgsql AS $$ BEGIN END $$;
 
--- Appends a batch in one round trip: locks the head, skips deliveries already stored,
--- numbers and chains the new ones, inserts and projects them. Returns one row per input.
+CREATE FUNCTION chain_step(state bytea, head bytea, digest bytea) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT sha256(coalesce(state, head) || digest) $$;
+
+-- chain_hash(head, digest) OVER (ORDER BY position): each row's hash, chained from head.
+CREATE AGGREGATE chain_hash(bytea, bytea) (SFUNC = chain_step, STYPE = bytea);
+
+-- Appends a batch in one round trip and a few statements, each planned for the batch at hand
+-- (dynamic SQL: a plan cached while a table was small must not decide how a large one is read).
+-- Deliveries already stored (same SDKAppID and body digest) are skipped; the new ones are
+-- numbered, versioned per user, chained, inserted and projected; one NOTIFY tells the live feed.
+-- Returns one row per input, with the seconds the batch waited for the append lock.
 CREATE FUNCTION append_events(
     p_sdkappid bigint[], p_command text[], p_user_id text[], p_event_time bigint[],
     p_received_at timestamptz[], p_metadata jsonb[], p_body text[],
     p_body_digest bytea[], p_digest bytea[])
-RETURNS TABLE (idx integer, event_position bigint, duplicate boolean)
-LANGUAGE plpgsql AS $$
+RETURNS TABLE (idx integer, event_position bigint, duplicate boolean, lock_wait double precision)
+LANGUAGE plpgsql AS $fn$
 DECLARE
     head_position bigint;
     head_hash     bytea;
-    found_position bigint;
-    version integer;
+    new_position  bigint;
+    new_hash      bytea;
+    asked timestamptz := clock_timestamp();
+    waited double precision;
 BEGIN
+    -- A table lock queues appenders in order; many waiting on the row lock alone contend.
+    LOCK TABLE log_head IN EXCLUSIVE MODE;
     SELECT h.position, h.hash INTO head_position, head_hash FROM log_head h FOR UPDATE;
-    FOR i IN 1 .. coalesce(array_length(p_body, 1), 0) LOOP
-        idx := i;
-        SELECT e.position INTO found_position FROM events e
-         WHERE e.sdkappid = p_sdkappid[i] AND e.body_digest = p_body_digest[i];
-        IF FOUND THEN
-            event_position := found_position;
-            duplicate := true;
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        head_position := head_position + 1;
-        head_hash := sha256(head_hash || p_digest[i]);
-        version := NULL;
-        IF p_user_id[i] IS NOT NULL THEN
-            SELECT coalesce(max(e.user_version), 0) + 1 INTO version FROM events e
-             WHERE e.sdkappid = p_sdkappid[i] AND e.user_id = p_user_id[i];
-        END IF;
+    waited := extract(epoch FROM clock_timestamp() - asked);
+
+    -- Number, version and chain the deliveries not stored yet (first occurrence in the batch).
+    EXECUTE $sql$
+    WITH input AS (
+        SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) WITH ORDINALITY
+               AS t(sdkappid, command, user_id, event_time, received_at, metadata, body,
+                    body_digest, digest, idx)
+    ),
+    fresh AS (
+        SELECT DISTINCT ON (i.sdkappid, i.body_digest) i.*
+          FROM input i
+         WHERE NOT EXISTS (SELECT 1 FROM events e
+                            WHERE e.sdkappid = i.sdkappid AND e.body_digest = i.body_digest)
+         ORDER BY i.sdkappid, i.body_digest, i.idx
+    ),
+    numbered AS (
+        SELECT f.*,
+               $10 + row_number() OVER (ORDER BY f.idx) AS position,
+               chain_hash($11, f.digest) OVER (ORDER BY f.idx) AS hash,
+               CASE WHEN f.user_id IS NOT NULL THEN
+                    coalesce((SELECT max(e.user_version) FROM events e
+                               WHERE e.sdkappid = f.sdkappid AND e.user_id = f.user_id), 0)
+                    + row_number() OVER (PARTITION BY f.sdkappid, f.user_id ORDER BY f.idx)
+               END AS user_version
+          FROM fresh f
+    ),
+    stored AS (
         INSERT INTO events (position, sdkappid, command, user_id, user_version, event_time,
                             received_at, metadata, body, body_digest, digest, hash)
-        VALUES (head_position, p_sdkappid[i], p_command[i], p_user_id[i], version,
-                p_event_time[i], p_received_at[i], p_metadata[i], p_body[i],
-                p_body_digest[i], p_digest[i], head_hash);
-        PERFORM project_event(head_position, p_sdkappid[i], p_command[i], p_user_id[i],
-                              p_event_time[i], p_body[i]);
-        event_position := head_position;
-        duplicate := false;
-        RETURN NEXT;
-    END LOOP;
-    UPDATE log_head SET position = head_position, hash = head_hash;
-END $$;
+        SELECT position, sdkappid, command, user_id, user_version, event_time,
+               received_at, metadata, body, body_digest, digest, hash
+          FROM numbered ORDER BY position
+        RETURNING position, hash
+    )
+    SELECT position, hash FROM stored ORDER BY position DESC LIMIT 1
+    $sql$
+    INTO new_position, new_hash
+    USING p_sdkappid, p_command, p_user_id, p_event_time, p_received_at, p_metadata, p_body,
+          p_body_digest, p_digest, head_position, head_hash;
+
+    IF new_position IS NOT NULL THEN
+        PERFORM project_events(head_position, new_position);
+        UPDATE log_head SET position = new_position, hash = new_hash;
+        PERFORM pg_notify('profile_audit_events', new_position::text);
+    END IF;
+
+    RETURN QUERY EXECUTE $sql$
+    SELECT i.idx::integer, e.position,
+           e.position <= $3
+           OR i.idx > min(i.idx) OVER (PARTITION BY i.sdkappid, i.body_digest),
+           $4::double precision
+      FROM unnest($1, $2) WITH ORDINALITY AS i(sdkappid, body_digest, idx)
+      JOIN events e ON e.sdkappid = i.sdkappid AND e.body_digest = i.body_digest
+     ORDER BY i.idx
+    $sql$ USING p_sdkappid, p_body_digest, head_position, waited;
+END $fn$;
 """
 
 DOWNGRADE = r"""
 DROP FUNCTION append_events(bigint[], text[], text[], bigint[], timestamptz[], jsonb[], text[],
                             bytea[], bytea[]);
-DROP FUNCTION project_event(bigint, bigint, text, text, bigint, text);
+DROP AGGREGATE chain_hash(bytea, bytea);
+DROP FUNCTION chain_step(bytea, bytea, bytea);
+DROP FUNCTION project_events(bigint, bigint);
 DROP TABLE rejected_deliveries;
 DROP TRIGGER events_no_truncate ON events;
 DROP TABLE events;

@@ -1,4 +1,4 @@
-"""Profile projections: current profile and change history, applied inline by append_events.
+"""Profile projections: current profile and change history, applied inline batch by batch.
 
 Revision ID: 0002
 Revises: 0001
@@ -71,58 +71,80 @@ RETURNS TABLE (tag text, value jsonb) LANGUAGE sql IMMUTABLE AS $$
      ORDER BY item ->> 'Tag', ord DESC
 $$;
 
-CREATE OR REPLACE FUNCTION project_event(p_position bigint, p_sdkappid bigint, p_command text,
-                                         p_user_id text, p_event_time bigint, p_body text)
-RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    doc jsonb;
-    meta jsonb;
-    received timestamptz;
-    item record;
-    previous jsonb;
+-- Applies a range of just-appended events to both profile projections in one statement.
+-- Every part reads the projections as they were before the statement: the predecessor of a new
+-- change is the later of (its predecessor among stored changes, its predecessor in the batch);
+-- a stored change that now follows a batch change (a late delivery) takes that change as old.
+CREATE OR REPLACE FUNCTION project_events(p_after bigint, p_upto bigint) RETURNS void
+LANGUAGE plpgsql AS $fn$
 BEGIN
-    IF p_command <> 'Profile.CallbackPortraitSet' THEN
-        RETURN;
-    END IF;
-    doc := p_body::jsonb;
-    SELECT e.metadata, e.received_at INTO meta, received FROM events e WHERE e.position = p_position;
-    FOR item IN SELECT * FROM profile_items(doc) LOOP
-        -- profiles: last writer by event_time, ties to the later position (this one).
+    EXECUTE $sql$
+    WITH items AS MATERIALIZED (
+        SELECT e.sdkappid, e.user_id, e.position, e.event_time, e.received_at,
+               d.doc ->> 'Operator_Account' AS operator_account,
+               e.metadata ->> 'OptPlatform' AS opt_platform,
+               e.metadata ->> 'ClientIP' AS client_ip,
+               i.tag, i.value
+          FROM events e
+         CROSS JOIN LATERAL (SELECT e.body::jsonb AS doc OFFSET 0) d
+         CROSS JOIN LATERAL profile_items(d.doc) i
+         WHERE e.position > $1 AND e.position <= $2
+           AND e.command = 'Profile.CallbackPortraitSet'
+    ),
+    current AS (
         INSERT INTO profiles AS p (sdkappid, user_id, tag, value, event_time, position)
-        VALUES (p_sdkappid, p_user_id, item.tag, item.value, p_event_time, p_position)
+        SELECT DISTINCT ON (sdkappid, user_id, tag)
+               sdkappid, user_id, tag, value, event_time, position
+          FROM items
+         ORDER BY sdkappid, user_id, tag, event_time DESC, position DESC
         ON CONFLICT (sdkappid, user_id, tag) DO UPDATE
            SET value = excluded.value, event_time = excluded.event_time,
                position = excluded.position
-         WHERE (excluded.event_time, excluded.position) > (p.event_time, p.position);
-
-        -- profile_changes: old comes from the change just before in (event_time, position)
-        -- order; the change just after (a late delivery lands between two) now follows this one.
-        SELECT c.new INTO previous FROM profile_changes c
-         WHERE c.sdkappid = p_sdkappid AND c.user_id = p_user_id AND c.tag = item.tag
-           AND (c.event_time, c.position) < (p_event_time, p_position)
-         ORDER BY c.event_time DESC, c.position DESC LIMIT 1;
-        IF NOT FOUND THEN
-            previous := NULL;
-        END IF;
-        INSERT INTO profile_changes (sdkappid, user_id, position, tag, event_time, received_at,
-                                     operator_account, opt_platform, client_ip, old, new)
-        VALUES (p_sdkappid, p_user_id, p_position, item.tag, p_event_time, received,
-                doc ->> 'Operator_Account', meta ->> 'OptPlatform', meta ->> 'ClientIP',
-                previous, item.value);
-        UPDATE profile_changes c SET old = item.value
-         WHERE (c.position, c.tag) = (
-             SELECT n.position, n.tag FROM profile_changes n
-              WHERE n.sdkappid = p_sdkappid AND n.user_id = p_user_id AND n.tag = item.tag
-                AND (n.event_time, n.position) > (p_event_time, p_position)
-              ORDER BY n.event_time, n.position LIMIT 1);
-    END LOOP;
-END $$;
+         WHERE (excluded.event_time, excluded.position) > (p.event_time, p.position)
+    ),
+    followers AS (
+        UPDATE profile_changes r SET old = s.value
+          FROM (SELECT DISTINCT ON (n.position, n.tag) n.position, n.tag, b.value
+                  FROM items b
+                 CROSS JOIN LATERAL (
+                       SELECT c.position, c.tag FROM profile_changes c
+                        WHERE c.sdkappid = b.sdkappid AND c.user_id = b.user_id
+                          AND c.tag = b.tag
+                          AND (c.event_time, c.position) > (b.event_time, b.position)
+                        ORDER BY c.event_time, c.position LIMIT 1) n
+                 ORDER BY n.position, n.tag, b.event_time DESC, b.position DESC) s
+         WHERE r.position = s.position AND r.tag = s.tag
+    ),
+    batch AS (
+        SELECT items.*,
+               lag(value) OVER w AS batch_old,
+               lag(event_time) OVER w AS batch_old_time,
+               lag(position) OVER w AS batch_old_position
+          FROM items
+        WINDOW w AS (PARTITION BY sdkappid, user_id, tag ORDER BY event_time, position)
+    )
+    INSERT INTO profile_changes (sdkappid, user_id, position, tag, event_time, received_at,
+                                 operator_account, opt_platform, client_ip, old, new)
+    SELECT b.sdkappid, b.user_id, b.position, b.tag, b.event_time, b.received_at,
+           b.operator_account, b.opt_platform, b.client_ip,
+           CASE WHEN b.batch_old_position IS NOT NULL
+                 AND (s.position IS NULL
+                      OR (b.batch_old_time, b.batch_old_position) > (s.event_time, s.position))
+                THEN b.batch_old ELSE s.new END,
+           b.value
+      FROM batch b
+      LEFT JOIN LATERAL (
+           SELECT c.new, c.event_time, c.position FROM profile_changes c
+            WHERE c.sdkappid = b.sdkappid AND c.user_id = b.user_id AND c.tag = b.tag
+              AND (c.event_time, c.position) < (b.event_time, b.position)
+            ORDER BY c.event_time DESC, c.position DESC LIMIT 1) s ON true
+    $sql$ USING p_after, p_upto;
+END $fn$;
 """
 
 DOWNGRADE = r"""
-CREATE OR REPLACE FUNCTION project_event(p_position bigint, p_sdkappid bigint, p_command text,
-                                         p_user_id text, p_event_time bigint, p_body text)
-RETURNS void LANGUAGE plpgsql AS $$ BEGIN END $$;
+CREATE OR REPLACE FUNCTION project_events(p_after bigint, p_upto bigint) RETURNS void
+LANGUAGE plpgsql AS $$ BEGIN END $$;
 DROP FUNCTION profile_items(jsonb);
 DROP TABLE profile_changes;
 DROP TABLE profiles;

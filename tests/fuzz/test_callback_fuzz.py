@@ -604,7 +604,7 @@ async def test_thousands_of_distinct_tags_just_under_the_limit_are_accepted_at_o
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any]
 ) -> None:
     """The worst case of the huge arrays above, every tag distinct. It used to take ~2 s to project
-    (the body was re-parsed for each item, fixed by migration 0006), past the reply deadline: its
+    (the body was re-parsed for each item, since fixed in project_events), past the reply deadline: its
     first delivery was a 503, and the append lock was held all that time."""
     body: dict[str, Any] = {
         "CallbackCommand": PORTRAIT,
