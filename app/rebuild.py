@@ -25,8 +25,9 @@ CHUNK = 250_000
 
 STAGE_DDL = """
 CREATE UNLOGGED TABLE {stage} (
-    sdkappid bigint, user_id text, position bigint, event_time bigint, received_at timestamptz,
-    operator_account text, opt_platform text, client_ip text, tag text, value jsonb
+    sdkappid bigint, user_id text COLLATE "C", position bigint, event_time bigint,
+    received_at timestamptz, operator_account text, opt_platform text, client_ip text,
+    tag text COLLATE "C", value jsonb
 )
 """
 
@@ -93,8 +94,10 @@ async def rebuild_projections(
     try:
         # Big sorts in memory; the shadow fills need not wait for WAL flushes (they are thrown
         # away on a crash anyway): only the swap transaction below commits synchronously.
+        # Memoize would hash every parsed body to cache profile_items() for repeats that never come.
         await connection.execute(
-            "SET work_mem = '1GB'; SET maintenance_work_mem = '1GB'; SET synchronous_commit = off"
+            "SET work_mem = '1GB'; SET maintenance_work_mem = '1GB'; SET synchronous_commit = off;"
+            " SET enable_memoize = off"
         )
         snapshot = int(await connection.fetchval("SELECT position FROM log_head"))
 

@@ -9,12 +9,13 @@ NAME = "profile_changes"
 VERSION = 1
 TABLE = "profile_changes"
 
+# user_id leads the sort: the first key gets abbreviated (prefix) keys, and sdkappid hardly varies.
 FILL_SQL = """
 INSERT INTO {target} (sdkappid, user_id, position, tag, event_time, received_at,
                       operator_account, opt_platform, client_ip, old, new)
 SELECT sdkappid, user_id, position, tag, event_time, received_at,
        operator_account, opt_platform, client_ip,
-       lag(value) OVER (PARTITION BY sdkappid, user_id, tag ORDER BY event_time, position),
+       lag(value) OVER (PARTITION BY user_id, sdkappid, tag ORDER BY event_time, position),
        value
   FROM {stage}
 """

@@ -9,10 +9,11 @@ VERSION = 1
 TABLE = "profiles"
 
 # From the staged profile items ({stage}) into the shadow table ({target}): per tag, the item with
-# the latest (event_time, position) wins.
+# the latest (event_time, position) wins. user_id leads the sort: the first key gets abbreviated
+# (prefix) keys, and sdkappid hardly varies.
 FILL_SQL = """
 INSERT INTO {target} (sdkappid, user_id, tag, value, event_time, position)
-SELECT DISTINCT ON (sdkappid, user_id, tag) sdkappid, user_id, tag, value, event_time, position
+SELECT DISTINCT ON (user_id, sdkappid, tag) sdkappid, user_id, tag, value, event_time, position
   FROM {stage}
- ORDER BY sdkappid, user_id, tag, event_time DESC, position DESC
+ ORDER BY user_id, sdkappid, tag, event_time DESC, position DESC
 """

@@ -126,9 +126,66 @@ async def test_a_missing_or_newer_projection_version_is_stale_too(
     ready = await client.get("/readyz")
     assert ready.status_code == 503
     assert sorted(p.split()[1] for p in ready.json()["problems"]) == ["profile_changes", "profiles"]
+    for endpoint, params in [("profile", {}), ("profile", {"at": AT_TIMES[-1]}), ("profile-history", {})]:
+        status, body = await get_json(client, user_path("alice", endpoint), {"sdkappid": SDKAPPID, **params})
+        assert status == 503, (endpoint, params, body)
+        assert "projection profiles is at version None" in body["detail"], body
+        assert (
+            f"projection profile_changes is at version {CODE_VERSIONS['profile_changes'] + 1}"
+            in body["detail"]
+        )
     await rebuild_projections(db)
     assert {name: v[0] for name, v in (await projection_versions(db)).items()} == CODE_VERSIONS
     assert (await client.get("/readyz")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("stale", "depending"),
+    [
+        (
+            "profile_changes",
+            [
+                ("nobody", "profile-history", {}),
+                ("alice", "profile-history", {"tag": "Tag_None"}),
+                ("alice", "profile-history", {"cursor": "MDow"}),  # (0, 0): before everything
+                ("nobody", "profile", {"at": AT_TIMES[-1]}),
+                ("alice", "profile", {"at": 0}),
+            ],
+        ),
+        ("profiles", [("nobody", "profile", {})]),
+    ],
+)
+async def test_a_stale_projection_is_503_even_where_the_answer_would_be_404_or_empty(
+    client: AsyncTestClient[Any],
+    db: asyncpg.Connection[Any],
+    stale: str,
+    depending: list[tuple[str, str, dict[str, Any]]],
+) -> None:
+    """The versions come back with every read, also one that finds nothing: stale wins over 404."""
+    await seed(client, db)
+    fresh = [
+        (await get_json(client, user_path(user, endpoint), {"sdkappid": SDKAPPID, **params}))[0]
+        for user, endpoint, params in depending
+    ]
+    assert all(status in (200, 404) for status in fresh), fresh
+    await db.execute("UPDATE projection_versions SET version = 0 WHERE name = $1", stale)
+    for user, endpoint, params in depending:
+        status, body = await get_json(client, user_path(user, endpoint), {"sdkappid": SDKAPPID, **params})
+        assert status == 503, (user, endpoint, params, body)
+        assert f"projection {stale} is at version 0" in body["detail"], body
+        assert "profile-audit rebuild" in body["detail"], body
+
+
+async def test_a_version_row_of_no_known_projection_is_ignored(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any]
+) -> None:
+    await seed(client, db)
+    before = await api_snapshot(client, [(SDKAPPID, "alice")], at_times=AT_TIMES[-1:], page_size=3, tags=())
+    assert before[f"{SDKAPPID}/alice"]["profile"][0] == 200
+    await db.execute("INSERT INTO projection_versions (name, version) VALUES ('retired_projection', 7)")
+    assert (await client.get("/readyz")).status_code == 200
+    after = await api_snapshot(client, [(SDKAPPID, "alice")], at_times=AT_TIMES[-1:], page_size=3, tags=())
+    assert after == before
 
 
 # --- the CLI ----------------------------------------------------------------------------------
@@ -370,7 +427,6 @@ async def test_index_and_constraint_names_are_the_same_after_rebuilds(
     assert {i[1] for i in names["indexes"]} >= {
         "profiles_pkey",
         "profile_changes_pkey",
-        "profile_changes_by_tag_time",
         "profile_changes_by_user_time",
     }
     for names_arg in ((), (), ["profiles"], ["profile_changes"], ()):
