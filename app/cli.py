@@ -202,6 +202,9 @@ def verify() -> None:
 @cli.command()
 def rebuild(
     names: Annotated[list[str] | None, typer.Argument(help="Projections to rebuild (default: all).")] = None,
+    jobs: Annotated[
+        int, typer.Option(min=1, max=16, help="Database connections working at once (PostgreSQL cores used).")
+    ] = 2,
 ) -> None:
     """Rebuild projections from the event log while the service keeps serving."""
     from app.rebuild import RebuildBusy, rebuild_projections, select_projections
@@ -214,14 +217,17 @@ def rebuild(
     with database(settings) as url:
 
         async def run() -> None:
-            connection = await asyncpg.connect(asyncpg_dsn(url))
+            connections = [await asyncpg.connect(asyncpg_dsn(url)) for _ in range(jobs)]
             try:
                 with rebuild_progress() as progress:
-                    report = await rebuild_projections(connection, chosen, progress=progress)
+                    report = await rebuild_projections(
+                        connections[0], chosen, progress=progress, helpers=connections[1:]
+                    )
             except RebuildBusy as exc:
                 raise Failure(str(exc)) from exc
             finally:
-                await connection.close()
+                for connection in connections:
+                    await connection.close()
             typer.echo(
                 f"rebuilt {', '.join(report.projections)}: {report.events_replayed} events replayed"
                 f" in {report.seconds:.2f} s ({report.events_per_second:,.0f} events/s),"

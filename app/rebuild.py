@@ -2,6 +2,8 @@
 
 1. Stage every profile item of the log up to the current head (set-based, in position chunks).
 2. Fill each projection's shadow table from the stage with set-based SQL, then index it.
+   Steps 1 and 2 are split into jobs (a chunk, a fill, an index) that run on as many
+   connections as the caller gives, so PostgreSQL can use more than one core.
 3. Under the append lock: re-derive the users touched since step 1 from the whole log, swap
    the shadow tables in and record the projections' versions — all in one transaction, so
    readers see either the old or the new table, never an empty or half-built one.
@@ -9,9 +11,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeAlias
 
 import asyncpg
 import msgspec
@@ -48,6 +51,16 @@ TOUCHED_USERS = (
 )
 
 Progress = Callable[[str, int, int], None]
+# A unit of rebuild work on one connection; returns the jobs it makes possible.
+Job: TypeAlias = Callable[["asyncpg.Connection[Any]"], Awaitable[list["Job"]]]
+
+# Big sorts in memory; the shadow fills need not wait for WAL flushes (they are thrown away on a
+# crash anyway): only the swap transaction commits synchronously. Memoize would hash every parsed
+# body to cache profile_items() for repeats that never come.
+SESSION_SETTINGS = (
+    "SET work_mem = '1GB'; SET maintenance_work_mem = '1GB'; SET synchronous_commit = off;"
+    " SET enable_memoize = off"
+)
 
 
 class RebuildBusy(Exception):
@@ -83,8 +96,12 @@ async def rebuild_projections(
     names: Sequence[str] = (),
     *,
     progress: Progress | None = None,
+    helpers: Sequence[asyncpg.Connection[Any]] = (),
 ) -> RebuildReport:
-    """Rebuild the named projections (all by default) while appends and reads go on."""
+    """Rebuild the named projections (all by default) while appends and reads go on.
+
+    `helpers` are extra connections that share the staging, fills and index builds.
+    """
     projections = select_projections(names)
     started = time.perf_counter()
     report = progress or (lambda _phase, _done, _total: None)
@@ -92,35 +109,69 @@ async def rebuild_projections(
     if not got_lock:
         raise RebuildBusy("another rebuild is running; wait for it to finish")
     try:
-        # Big sorts in memory; the shadow fills need not wait for WAL flushes (they are thrown
-        # away on a crash anyway): only the swap transaction below commits synchronously.
-        # Memoize would hash every parsed body to cache profile_items() for repeats that never come.
-        await connection.execute(
-            "SET work_mem = '1GB'; SET maintenance_work_mem = '1GB'; SET synchronous_commit = off;"
-            " SET enable_memoize = off"
-        )
+        workers = [connection, *helpers]
+        for worker in workers:
+            await worker.execute(SESSION_SETTINGS)
         snapshot = int(await connection.fetchval("SELECT position FROM log_head"))
 
         await _recreate(connection, STAGE, STAGE_DDL.format(stage=STAGE))
-        for low in range(0, snapshot, CHUNK):
-            high = min(low + CHUNK, snapshot)
-            await connection.execute(EXTRACT_SQL.format(stage=STAGE), low, high)
-            report("replay", high, snapshot)
+        staged = 0
+
+        def extract(low: int, high: int) -> Job:
+            async def run(worker: asyncpg.Connection[Any]) -> list[Job]:
+                nonlocal staged
+                await worker.execute(EXTRACT_SQL.format(stage=STAGE), low, high)
+                staged += high - low
+                report("replay", staged, snapshot)
+                return []
+
+            return run
+
+        await _run_jobs(
+            workers, [extract(low, min(low + CHUNK, snapshot)) for low in range(0, snapshot, CHUNK)]
+        )
         report("replay", snapshot, snapshot)
 
-        for index, projection in enumerate(projections, start=1):
+        built = 0
+
+        def fill(projection: Projection, shadow: str) -> Job:
+            async def run(worker: asyncpg.Connection[Any]) -> list[Job]:
+                nonlocal built
+                await worker.execute(projection.fill_sql.format(target=shadow, stage=STAGE))
+                # A swapped-in table without statistics is read with bad plans until autovacuum.
+                await worker.execute(f"ANALYZE {shadow}")
+                definitions = [d for _name, d in await _shadow_indexes(worker, projection.table)]
+                remaining = len(definitions)
+
+                def index(definition: str) -> Job:
+                    async def build(worker: asyncpg.Connection[Any]) -> list[Job]:
+                        nonlocal remaining, built
+                        await worker.execute(definition)
+                        remaining -= 1
+                        if remaining == 0:
+                            built += 1
+                            report("build", built, len(projections))
+                        return []
+
+                    return build
+
+                if not definitions:
+                    built += 1
+                    report("build", built, len(projections))
+                return [index(d) for d in definitions]
+
+            return run
+
+        fills = []
+        for projection in projections:
             shadow = f"{projection.table}__shadow"
             await _recreate(
                 connection,
                 shadow,
                 f"CREATE TABLE {shadow} (LIKE {projection.table} INCLUDING DEFAULTS)",
             )
-            await connection.execute(projection.fill_sql.format(target=shadow, stage=STAGE))
-            for _name, definition in await _shadow_indexes(connection, projection.table):
-                await connection.execute(definition)
-            # A swapped-in table without statistics is read with bad plans until autovacuum.
-            await connection.execute(f"ANALYZE {shadow}")
-            report("build", index, len(projections))
+            fills.append(fill(projection, shadow))
+        await _run_jobs(workers, fills)
 
         async with connection.transaction():
             await connection.execute("SET LOCAL synchronous_commit = on")
@@ -146,6 +197,36 @@ async def rebuild_projections(
         )
     finally:
         await connection.execute("SELECT pg_advisory_unlock(hashtext($1))", REBUILD_LOCK)
+
+
+async def _run_jobs(workers: Sequence[asyncpg.Connection[Any]], jobs: list[Job]) -> None:
+    """Run the jobs, and the jobs they return, on the workers, each on one connection at a time."""
+    queue: asyncio.Queue[Job | None] = asyncio.Queue()
+    outstanding = len(jobs)
+    for job in jobs:
+        queue.put_nowait(job)
+    if not outstanding:
+        return
+
+    async def work(worker: asyncpg.Connection[Any]) -> None:
+        nonlocal outstanding
+        while (job := await queue.get()) is not None:
+            for follow_up in await job(worker):
+                outstanding += 1
+                queue.put_nowait(follow_up)
+            outstanding -= 1
+            if outstanding == 0:
+                for _ in workers:
+                    queue.put_nowait(None)
+
+    tasks = [asyncio.ensure_future(work(worker)) for worker in workers]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        # One worker failed: stop the others before their connections are used again.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _recreate(connection: asyncpg.Connection[Any], table: str, ddl: str) -> None:

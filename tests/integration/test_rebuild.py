@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -442,3 +443,72 @@ async def test_index_and_constraint_names_are_the_same_after_rebuilds(
             row["user_id"],
             row["tag"],
         )
+
+
+# --- several connections ------------------------------------------------------------------------
+
+
+async def test_a_rebuild_on_three_connections_gives_the_same_tables(
+    client: AsyncTestClient[Any],
+    db: asyncpg.Connection[Any],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    users = await seed(client, db)
+    before, rows_before = await snapshot(client, users), await tables(db)
+    head = int(await db.fetchval("SELECT position FROM log_head"))
+    monkeypatch.setattr("app.rebuild.CHUNK", 3)  # many staging jobs, shared by the connections
+    await db.execute("DELETE FROM profiles")
+    await db.execute("DELETE FROM profile_changes")
+    helpers = [await asyncpg.connect(asyncpg_dsn(database_url)) for _ in range(2)]
+    seen: list[tuple[str, int, int]] = []
+    try:
+        report = await rebuild_projections(
+            db, helpers=helpers, progress=lambda phase, done, total: seen.append((phase, done, total))
+        )
+    finally:
+        for helper in helpers:
+            await helper.close()
+    assert report.events_replayed == head
+    assert await tables(db) == rows_before
+    assert await snapshot(client, users) == before
+    assert await leftover_tables(db) == []
+    replayed = [done for phase, done, _ in seen if phase == "replay"]
+    assert replayed == sorted(replayed) and replayed[-1] == head and len(replayed) > head // 3
+    assert [s for s in seen if s[0] == "build"] == [("build", 1, 2), ("build", 2, 2)]
+
+
+async def test_a_helper_failing_mid_rebuild_fails_it_and_leaves_the_live_tables(
+    client: AsyncTestClient[Any],
+    db: asyncpg.Connection[Any],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await seed(client, db)
+    rows_before = await tables(db)
+    identity = {table: await physical_identity(db, table) for table in PROJECTION_TABLES}
+    monkeypatch.setattr("app.rebuild.CHUNK", 3)
+    # A helper that may connect but not read the log: its first job fails while the others run.
+    role = f"rebuild_helper_{secrets.token_hex(4)}"
+    await db.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        helper = await asyncpg.connect(asyncpg_dsn(database_url), user=role)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await rebuild_projections(db, helpers=[helper])
+        finally:
+            await helper.close()
+    finally:
+        await db.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+    assert {table: await physical_identity(db, table) for table in PROJECTION_TABLES} == identity
+    other = await asyncpg.connect(asyncpg_dsn(database_url))  # advisory locks are re-entrant per session
+    try:
+        assert await other.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", REBUILD_LOCK), (
+            "lock released"
+        )
+    finally:
+        await other.close()
+    # The leftovers do not stand in the way of the next rebuild.
+    await rebuild_projections(db)
+    assert await tables(db) == rows_before
+    assert await leftover_tables(db) == []
