@@ -1,7 +1,12 @@
-"""Thin read queries over the profile projections, in plain SQL."""
+"""Read queries over the profile projections, in plain SQL: one statement, one round trip, per read.
+
+Each statement returns exactly one row (aggregates over one-row subqueries), so it carries the
+projection versions even when the user has nothing to show: a stale projection costs no extra trip.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -9,54 +14,88 @@ import msgspec
 
 from app.projections import REGISTRY
 
-CURRENT_PROFILE = """
-SELECT tag, value::text AS value, event_time FROM profiles
- WHERE sdkappid = $1 AND user_id = $2
- ORDER BY tag
-"""
-
-PROFILE_AT = """
-SELECT DISTINCT ON (tag) tag, new::text AS value, event_time FROM profile_changes
- WHERE sdkappid = $1 AND user_id = $2 AND event_time <= $3
- ORDER BY tag, event_time DESC, position DESC
-"""
-
-VERSION_AT = """
-SELECT count(*) FROM events
- WHERE sdkappid = $1 AND user_id = $2 AND event_time <= $3
-"""
-
-HISTORY = """
-WITH page AS (
-    SELECT event_time, position FROM profile_changes
-     WHERE sdkappid = $1 AND user_id = $2
-       AND ($3::text IS NULL OR tag = $3)
-       AND ($4::text IS NULL OR operator_account = $4)
-       AND ($5::bigint IS NULL OR event_time >= $5)
-       AND ($6::bigint IS NULL OR event_time <= $6)
-       AND ($7::bigint IS NULL OR (event_time, position) < ($7, $8::bigint))
-     GROUP BY event_time, position
-     ORDER BY event_time DESC, position DESC
-     LIMIT $9
-)
-SELECT c.position, c.event_time, c.received_at, c.operator_account, c.opt_platform,
-       c.client_ip, c.tag, c.old::text AS old, c.new::text AS new
-  FROM profile_changes c JOIN page p ON p.position = c.position
- WHERE ($3::text IS NULL OR c.tag = $3)
- ORDER BY c.event_time DESC, c.position DESC, c.tag
-"""
-
-USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM events WHERE sdkappid = $1 AND user_id = $2)"
-
+INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
+# One row: the name and the version each projection table was built with, by name (in code
+# point order, as Python sorts).
+VERSIONS = """
+SELECT array_agg(name ORDER BY name COLLATE "C") AS names,
+       array_agg(version ORDER BY name COLLATE "C") AS versions
+  FROM projection_versions
+"""
 
-class TagValue(msgspec.Struct, frozen=True):
-    """A tag's value (raw JSON, type as received) and the EventTime that set it."""
+# The user's version: their deliveries with EventTime <= $3 (all of them when $3 is INT64_MAX).
+VERSION_AT = """
+SELECT count(*) AS version FROM events
+ WHERE sdkappid = $1 AND user_id = $2 AND event_time <= $3
+"""
 
-    tag: str
-    value: msgspec.Raw
-    event_time: int
+PROFILE = f"""
+SELECT v.names, v.versions, p.tags, p.tag_values, p.updated_at, n.version
+  FROM ({VERSIONS}) v,
+       (SELECT array_agg(tag ORDER BY tag) AS tags, array_agg(value::text ORDER BY tag) AS tag_values,
+               max(event_time) AS updated_at
+          FROM profiles
+         WHERE sdkappid = $1 AND user_id = $2) p,
+       ({VERSION_AT}) n
+"""
+
+# Per tag, the change with the latest (event_time, position) at or before $3.
+PROFILE_AT = f"""
+SELECT v.names, v.versions, p.tags, p.tag_values, p.updated_at, n.version
+  FROM ({VERSIONS}) v,
+       (SELECT array_agg(tag ORDER BY tag) AS tags, array_agg(value ORDER BY tag) AS tag_values,
+               max(event_time) AS updated_at
+          FROM (SELECT DISTINCT ON (tag) tag, new::text AS value, event_time
+                  FROM profile_changes
+                 WHERE sdkappid = $1 AND user_id = $2 AND event_time <= $3
+                 ORDER BY tag, event_time DESC, position DESC) latest) p,
+       ({VERSION_AT}) n
+"""
+
+# A page of at most $9 events, newest first, read along profile_changes_by_user_time: dense_rank
+# numbers the events and its run condition stops the scan after the page. $5..$8 bound the
+# EventTime range and the keyset (callers pass INT64 sentinels for "no bound"). Whether the user
+# exists is read only when the page is empty (an initplan runs on first use).
+HISTORY = f"""
+SELECT v.names, v.versions, h.positions, h.event_times, h.received_ats, h.operators,
+       h.platforms, h.client_ips, h.tags, h.olds, h.news,
+       CASE WHEN h.changes = 0
+            THEN EXISTS (SELECT 1 FROM events WHERE sdkappid = $1 AND user_id = $2)
+       END AS user_exists
+  FROM ({VERSIONS}) v,
+       (SELECT count(*) AS changes,
+               array_agg(position ORDER BY event_time DESC, position DESC, tag) AS positions,
+               array_agg(event_time ORDER BY event_time DESC, position DESC, tag) AS event_times,
+               array_agg(received_at ORDER BY event_time DESC, position DESC, tag) AS received_ats,
+               array_agg(operator_account ORDER BY event_time DESC, position DESC, tag) AS operators,
+               array_agg(opt_platform ORDER BY event_time DESC, position DESC, tag) AS platforms,
+               array_agg(client_ip ORDER BY event_time DESC, position DESC, tag) AS client_ips,
+               array_agg(tag ORDER BY event_time DESC, position DESC, tag) AS tags,
+               array_agg(old::text ORDER BY event_time DESC, position DESC, tag) AS olds,
+               array_agg(new::text ORDER BY event_time DESC, position DESC, tag) AS news
+          FROM (SELECT c.*, dense_rank() OVER (ORDER BY event_time DESC, position DESC) AS page_rank
+                  FROM profile_changes c
+                 WHERE sdkappid = $1 AND user_id = $2
+                   AND ($3::text IS NULL OR tag = $3)
+                   AND ($4::text IS NULL OR operator_account = $4)
+                   AND event_time >= $5 AND event_time <= $6
+                   AND (event_time, position) < ($7, $8)) page
+         WHERE page_rank <= $9) h
+"""
+
+EXPECTED_NAMES = sorted(REGISTRY)
+EXPECTED_VERSIONS = [REGISTRY[name].version for name in EXPECTED_NAMES]
+
+
+class ProfileRead(msgspec.Struct, frozen=True):
+    """A profile read: the stale projections, tag → value (raw JSON), its newest EventTime, version."""
+
+    problems: list[str]
+    profile: dict[str, msgspec.Raw]
+    updated_at: int | None
+    version: int
 
 
 class Change(msgspec.Struct, frozen=True):
@@ -64,7 +103,7 @@ class Change(msgspec.Struct, frozen=True):
 
     position: int
     event_time: int
-    received_at: Any
+    received_at: datetime
     operator_account: str | None
     opt_platform: str | None
     client_ip: str | None
@@ -73,10 +112,19 @@ class Change(msgspec.Struct, frozen=True):
     new: msgspec.Raw
 
 
-async def stale_projections(connection: asyncpg.Connection[Any]) -> list[str]:
-    """Projections whose tables were built with another version than the code's."""
-    rows = await connection.fetch("SELECT name, version FROM projection_versions")
-    built = {row["name"]: row["version"] for row in rows}
+class HistoryRead(msgspec.Struct, frozen=True):
+    """A history read: the stale projections, the changes, and (when none) whether the user exists."""
+
+    problems: list[str]
+    changes: list[Change]
+    user_exists: bool | None
+
+
+def version_problems(names: list[str] | None, versions: list[int] | None) -> list[str]:
+    """Projections whose tables were built with another version than the code's (all when none)."""
+    if names == EXPECTED_NAMES and versions == EXPECTED_VERSIONS:
+        return []
+    built = dict(zip(names or [], versions or [], strict=True))
     return [
         f"projection {p.name} is at version {built.get(p.name)}, code expects {p.version}:"
         " run profile-audit rebuild"
@@ -85,21 +133,28 @@ async def stale_projections(connection: asyncpg.Connection[Any]) -> list[str]:
     ]
 
 
-async def select_profile(
+async def stale_projections(connection: asyncpg.Connection[Any]) -> list[str]:
+    """Projections whose tables were built with another version than the code's."""
+    row = await connection.fetchrow(VERSIONS)
+    assert row is not None  # an aggregate without GROUP BY: always one row
+    return version_problems(row["names"], row["versions"])
+
+
+async def read_profile(
     connection: asyncpg.Connection[Any], sdkappid: int, user_id: str, at: int | None
-) -> tuple[list[TagValue], int]:
+) -> ProfileRead:
     """The user's tag values now (or as of `at`, epoch ms) and their version then."""
     if at is None:
-        rows = await connection.fetch(CURRENT_PROFILE, sdkappid, user_id)
-        version = await connection.fetchval(VERSION_AT, sdkappid, user_id, INT64_MAX)
+        row = await connection.fetchrow(PROFILE, sdkappid, user_id, INT64_MAX)
     else:
-        rows = await connection.fetch(PROFILE_AT, sdkappid, user_id, at)
-        version = await connection.fetchval(VERSION_AT, sdkappid, user_id, at)
-    values = [TagValue(row["tag"], msgspec.Raw(row["value"].encode()), row["event_time"]) for row in rows]
-    return values, int(version or 0)
+        row = await connection.fetchrow(PROFILE_AT, sdkappid, user_id, at)
+    assert row is not None
+    names, versions, tags, values, updated_at, version = row
+    profile = dict(zip(tags, map(msgspec.Raw, values), strict=True)) if tags else {}
+    return ProfileRead(version_problems(names, versions), profile, updated_at, version)
 
 
-async def select_history(
+async def read_history(
     connection: asyncpg.Connection[Any],
     sdkappid: int,
     user_id: str,
@@ -110,36 +165,26 @@ async def select_history(
     until: int | None,
     before: tuple[int, int] | None,
     limit: int,
-) -> list[Change]:
+) -> HistoryRead:
     """The user's changes, newest first, at most `limit` events, strictly after `before`."""
-    rows = await connection.fetch(
+    after_time, after_position = before or (INT64_MAX, INT64_MAX)
+    row = await connection.fetchrow(
         HISTORY,
         sdkappid,
         user_id,
         tag,
         operator,
-        since,
-        until,
-        before[0] if before else None,
-        before[1] if before else None,
+        INT64_MIN if since is None else since,
+        INT64_MAX if until is None else until,
+        after_time,
+        after_position,
         limit,
     )
-    return [
-        Change(
-            position=row["position"],
-            event_time=row["event_time"],
-            received_at=row["received_at"],
-            operator_account=row["operator_account"],
-            opt_platform=row["opt_platform"],
-            client_ip=row["client_ip"],
-            tag=row["tag"],
-            old=msgspec.Raw(row["old"].encode()) if row["old"] is not None else None,
-            new=msgspec.Raw(row["new"].encode()),
-        )
-        for row in rows
-    ]
-
-
-async def user_exists(connection: asyncpg.Connection[Any], sdkappid: int, user_id: str) -> bool:
-    """True when the log has any event for the user."""
-    return bool(await connection.fetchval(USER_EXISTS, sdkappid, user_id))
+    assert row is not None
+    names, versions, positions, times, received, operators, platforms, ips, tags, olds, news, exists = row
+    problems = version_problems(names, versions)
+    if positions is None:  # no change matched: the aggregates are NULL
+        return HistoryRead(problems, [], exists)
+    olds = [None if old is None else msgspec.Raw(old) for old in olds]
+    columns = (positions, times, received, operators, platforms, ips, tags, olds, map(msgspec.Raw, news))
+    return HistoryRead(problems, [Change(*fields) for fields in zip(*columns, strict=True)], exists)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.memory import ProcessMemory
 from bench.readbench import ENDPOINTS, ReadRun
 from bench.report import FACT_KEYS, HEADERS, legend, load_line, ratio_lines, rows
 from bench.suiteresult import SuiteResult
+
+CHANGES = Path(__file__).resolve().parent / "CHANGES.md"
 
 MB = 1_000_000
 REBUILD_TARGET = 150_000
@@ -203,7 +206,8 @@ def _rebuild(result: SuiteResult) -> list[str]:
         f" digests by `app.ingest.event_digest`, the hash chain from 32 zero bytes, dense positions,"
         f" user_version per user; ~3 % late EventTimes ({first.out_of_order:,} of {first.events:,} events"
         f" older than the same user's previous one); then `VACUUM ANALYZE`. The rebuild runs as a"
-        " subprocess with `DATABASE_URL` set; peak RSS is VmHWM sampled every 50 ms."
+        " subprocess with `DATABASE_URL` set and its default `--jobs 2` (two connections share the"
+        " work); peak RSS is VmHWM sampled every 50 ms, the backends' summed over both connections."
     )
     lines.append("")
     body = []
@@ -383,6 +387,13 @@ def _memory(result: SuiteResult) -> list[str]:
     return [*lines, ""]
 
 
+def _changes() -> list[str]:
+    """The hand-kept log of what each optimisation did (bench/CHANGES.md), below the figures."""
+    if not CHANGES.exists():
+        return []
+    return ["", *CHANGES.read_text(encoding="utf-8").rstrip().splitlines(), ""]
+
+
 def markdown(result: SuiteResult) -> str:
     """The whole BENCHMARKS.md."""
     parts = [
@@ -395,5 +406,6 @@ def markdown(result: SuiteResult) -> str:
         _reads(result),
         _appends(result),
         _memory(result),
+        _changes(),
     ]
     return "\n".join(line for part in parts for line in part).rstrip() + "\n"

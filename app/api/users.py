@@ -23,12 +23,13 @@ from litestar.types import Scope
 from app.api.auth import SECURITY, require_token
 from app.api.services import Services, services
 from app.database import driver_connection
-from app.queries import Change, select_history, select_profile, stale_projections, user_exists
+from app.queries import Change, read_history, read_profile
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 INT64_MAX = 2**63 - 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NAIVE_EPOCH = datetime(1970, 1, 1)
 
 
 class TagChange(msgspec.Struct):
@@ -79,9 +80,29 @@ class ServiceUnavailable(HTTPException):
 
 
 def iso_ms(epoch_ms: int) -> str:
-    """Epoch milliseconds as ISO 8601 UTC with milliseconds."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Epoch milliseconds as ISO 8601 UTC with milliseconds (exact: no float seconds)."""
+    try:
+        return (NAIVE_EPOCH + timedelta(milliseconds=epoch_ms)).isoformat(timespec="milliseconds") + "Z"
+    except OverflowError:
+        return expanded_iso_ms(epoch_ms)
+
+
+def expanded_iso_ms(epoch_ms: int) -> str:
+    """Any int64 EventTime as ISO 8601, years outside 1 to 9999 in the expanded form (±YYYYYY)."""
+    days, ms = divmod(epoch_ms, 86_400_000)
+    # Proleptic Gregorian date from a day count (H. Hinnant's civil_from_days), exact for any int.
+    era, day_of_era = divmod(days + 719_468, 146_097)
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36524 - day_of_era // 146_096) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    shifted_month = (5 * day_of_year + 2) // 153
+    day = day_of_year - (153 * shifted_month + 2) // 5 + 1
+    month = shifted_month + 3 if shifted_month < 10 else shifted_month - 9
+    year = year_of_era + era * 400 + (month <= 2)
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    seconds, ms = divmod(ms, 1000)
+    sign = "+" if year >= 0 else "-"
+    return f"{sign}{abs(year):06d}-{month:02d}-{day:02d}T{hours:02d}:{minutes:02d}:{seconds:02d}.{ms:03d}Z"
 
 
 def parse_time(name: str, raw: str | None) -> int | None:
@@ -137,9 +158,16 @@ def resolve_sdkappid(svc: Services, raw: int | None) -> int:
     return raw
 
 
-async def ensure_fresh(connection: Any) -> None:
+def read_target(
+    request: Request[Any, Any, Any], sdkappid: int | None, user_id: str
+) -> tuple[Services, int, str]:
+    """The services, the app and the user (percent-decoded) a read is about; 400 for a bad app."""
+    svc = services(request.app.state)
+    return svc, resolve_sdkappid(svc, sdkappid), unquote(user_id)
+
+
+def ensure_fresh(problems: list[str]) -> None:
     """503 while a projection awaits its rebuild."""
-    problems = await stale_projections(connection)
     if problems:
         raise ServiceUnavailable(detail="; ".join(problems))
 
@@ -168,22 +196,20 @@ class UsersController(Controller):
         ] = None,
     ) -> Profile:
         """Per tag, the value of the change with the latest EventTime (ties: later position)."""
-        svc = services(request.app.state)
-        app_id = resolve_sdkappid(svc, sdkappid)
-        user = unquote(user_id)
+        svc, app_id, user = read_target(request, sdkappid, user_id)
         at_ms = parse_time("at", at)
         async with driver_connection(svc.engine) as connection:
-            await ensure_fresh(connection)
-            values, version = await select_profile(connection, app_id, user, at_ms)
-        if not values:
+            read = await read_profile(connection, app_id, user, at_ms)
+        ensure_fresh(read.problems)
+        if read.updated_at is None:
             when = f" at {at}" if at is not None else ""
             raise NotFoundException(f"no profile for user {user!r} in app {app_id}{when}")
         return Profile(
             sdkappid=app_id,
             user_id=user,
-            profile={v.tag: v.value for v in values},
-            version=version,
-            updated_at=iso_ms(max(v.event_time for v in values)),
+            profile=read.profile,
+            version=read.version,
+            updated_at=iso_ms(read.updated_at),
             at=iso_ms(at_ms) if at_ms is not None else None,
         )
 
@@ -214,14 +240,11 @@ class UsersController(Controller):
         ] = None,
     ) -> History:
         """Each change with who made it, from where, and every tag's old and new value."""
-        svc = services(request.app.state)
-        app_id = resolve_sdkappid(svc, sdkappid)
-        user = unquote(user_id)
+        svc, app_id, user = read_target(request, sdkappid, user_id)
         since_ms, until_ms = parse_time("since", since), parse_time("until", until)
         before = decode_cursor(cursor) if cursor else None
         async with driver_connection(svc.engine) as connection:
-            await ensure_fresh(connection)
-            changes = await select_history(
+            read = await read_history(
                 connection,
                 app_id,
                 user,
@@ -232,9 +255,10 @@ class UsersController(Controller):
                 before=before,
                 limit=limit + 1,
             )
-            if not changes and before is None and not await user_exists(connection, app_id, user):
-                raise NotFoundException(f"no user {user!r} in app {app_id}")
-        entries = group_entries(changes)
+        ensure_fresh(read.problems)
+        if not read.changes and before is None and not read.user_exists:
+            raise NotFoundException(f"no user {user!r} in app {app_id}")
+        entries = group_entries(read.changes)
         next_cursor = None
         if len(entries) > limit:
             entries = entries[:limit]

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from asyncpg.connection import LoggedQuery
 from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.api import users
 from app.app import create_app
+from app.database import driver_connection
 from tests.conftest import (
     API_TOKEN,
     AUTH,
@@ -40,6 +47,8 @@ from tests.profile_helpers import (
 NICK = "Tag_Profile_IM_Nick"
 LEVEL = "Tag_Profile_IM_Level"
 T0 = 1_700_000_000_123  # 2023-11-14T22:13:20.123Z
+INT64_MAX = 2**63 - 1
+LAST_RENDERABLE_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: `at` is echoed as ISO 8601
 
 
 def iso(epoch_ms: int, offset: str = "Z") -> str:
@@ -379,6 +388,74 @@ async def test_keyset_pagination_visits_every_entry_exactly_once_in_order(
     assert walked == expected
 
 
+async def test_history_bounds_at_the_ends_of_int64_leave_nothing_out(client: AsyncTestClient[Any]) -> None:
+    """`since`/`until` at the extremes and a cursor at the very top exclude no entry."""
+    for index in range(3):
+        await post_delivery(client, Delivery("edge", T0 + index * 1000, [(NICK, f"n{index}")]))
+    _, everything = await full_history(client, SDKAPPID, "edge")
+    assert len(everything) == 3
+    top = b64(f"{INT64_MAX}:{INT64_MAX}")
+    for params in (
+        {"since": -INT64_MAX, "until": INT64_MAX},
+        {"since": str(-INT64_MAX)},
+        {"until": INT64_MAX},
+        {"cursor": top},
+        {"cursor": top, "since": -INT64_MAX, "until": INT64_MAX},
+    ):
+        status, body = await get_json(
+            client, user_path("edge", "profile-history"), {"sdkappid": SDKAPPID, **params}
+        )
+        assert status == 200 and body["entries"] == everything, params
+    _, now = await get_json(client, user_path("edge"), {"sdkappid": SDKAPPID})
+    status, at_end = await get_json(
+        client, user_path("edge"), {"sdkappid": SDKAPPID, "at": LAST_RENDERABLE_MS}
+    )
+    assert status == 200, at_end
+    assert (at_end["profile"], at_end["version"]) == (now["profile"], now["version"]) == ({NICK: "n2"}, 3)
+
+
+async def test_each_read_is_one_statement(
+    client: AsyncTestClient[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Freshness, the answer, the version and (for an empty page) existence come in one round trip."""
+    statements: list[str] = []
+
+    def log(record: LoggedQuery) -> None:
+        statements.append(record.query)
+
+    @asynccontextmanager
+    async def logged(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection[Any]]:
+        async with driver_connection(engine) as connection:
+            connection.add_query_logger(log)
+            try:
+                yield connection
+            finally:
+                connection.remove_query_logger(log)
+
+    monkeypatch.setattr(users, "driver_connection", logged)
+    await post_delivery(client, Delivery("one", T0, [(NICK, "a")]))
+    reads = [
+        (user_path("one"), {}, 200),
+        (user_path("one"), {"at": T0}, 200),
+        (user_path("one"), {"at": T0 - 1}, 404),
+        (user_path("nobody"), {}, 404),
+        (user_path("one", "profile-history"), {}, 200),
+        (user_path("one", "profile-history"), {"tag": "Tag_None"}, 200),
+        (user_path("one", "profile-history"), {"cursor": b64(f"{T0}:1")}, 200),
+        (user_path("nobody", "profile-history"), {}, 404),
+    ]
+    # A connection's first use of the array types costs asyncpg's type introspection: warm up.
+    # Requests one at a time share the pool's one connection.
+    for path, params, expected in reads:
+        status, body = await get_json(client, path, {"sdkappid": SDKAPPID, **params})
+        assert status == expected, (path, params, body)
+    for path, params, _expected in reads:
+        statements.clear()
+        await get_json(client, path, {"sdkappid": SDKAPPID, **params})
+        await asyncio.sleep(0)  # query loggers are called soon after the statement, not in it
+        assert len(statements) == 1, (path, params, statements)
+
+
 # --- identities and values --------------------------------------------------------------------
 
 ODD_USER_IDS = [
@@ -573,3 +650,27 @@ async def test_random_log_matches_the_pure_fold(
             status, body = await get_json(client, user_path(user), {"sdkappid": sdkappid, "at": at})
             want = fold.profile(sdkappid, user, at)
             assert (status, body.get("profile")) == ((200, want) if want else (404, None)), (user, at)
+
+
+async def test_event_times_at_the_ends_of_int64_render_in_every_answer(client: AsyncTestClient[Any]) -> None:
+    """Regression: EventTimes past year 9999 (int64 is accepted) made the reads answer 500."""
+    latest, earliest = 2**63 - 1, 0  # EventTime is a non-negative int64
+    await post_delivery(client, Delivery("far", earliest, [(NICK, "dawn")]))
+    await post_delivery(client, Delivery("far", latest, [(NICK, "dusk")]))
+    params = {"sdkappid": SDKAPPID}
+    status, body = await get_json(client, user_path("far", "profile"), params)
+    assert status == 200, body
+    assert body["profile"] == {NICK: "dusk"} and body["updated_at"] == "+292278994-08-17T07:12:55.807Z"
+    status, body = await get_json(client, user_path("far", "profile"), {**params, "at": str(latest)})
+    assert status == 200, body
+    assert body["at"] == "+292278994-08-17T07:12:55.807Z" and body["version"] == 2
+    status, body = await get_json(
+        client, user_path("far", "profile"), {**params, "at": "9999-12-31T23:59:59.999Z"}
+    )
+    assert status == 200 and body["profile"] == {NICK: "dawn"}, body
+    status, body = await get_json(client, user_path("far", "profile-history"), params)
+    assert status == 200, body
+    assert [e["event_time_iso"] for e in body["entries"]] == [
+        "+292278994-08-17T07:12:55.807Z",
+        "1970-01-01T00:00:00.000Z",
+    ]

@@ -127,14 +127,16 @@ async def test_a_missing_or_newer_projection_version_is_stale_too(
     ready = await client.get("/readyz")
     assert ready.status_code == 503
     assert sorted(p.split()[1] for p in ready.json()["problems"]) == ["profile_changes", "profiles"]
-    for endpoint, params in [("profile", {}), ("profile", {"at": AT_TIMES[-1]}), ("profile-history", {})]:
+    missing = "projection profiles is at version None"
+    newer = f"projection profile_changes is at version {CODE_VERSIONS['profile_changes'] + 1}"
+    for endpoint, params, problem in [
+        ("profile", {}, missing),
+        ("profile", {"at": AT_TIMES[-1]}, newer),
+        ("profile-history", {}, newer),
+    ]:
         status, body = await get_json(client, user_path("alice", endpoint), {"sdkappid": SDKAPPID, **params})
         assert status == 503, (endpoint, params, body)
-        assert "projection profiles is at version None" in body["detail"], body
-        assert (
-            f"projection profile_changes is at version {CODE_VERSIONS['profile_changes'] + 1}"
-            in body["detail"]
-        )
+        assert problem in body["detail"], (endpoint, params, body)
     await rebuild_projections(db)
     assert {name: v[0] for name, v in (await projection_versions(db)).items()} == CODE_VERSIONS
     assert (await client.get("/readyz")).status_code == 200
