@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +12,7 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
+from app.app import settle_heap
 from app.ingest import CallbackError, NewEvent, authenticate, decode_callback
 
 SDKAPPIDS = (1400000000,)
@@ -64,7 +65,14 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@asynccontextmanager
+async def settled(_app: Litestar) -> AsyncIterator[None]:
+    """After the other start-up steps: the service's garbage-collector settings (`settle_heap`)."""
+    settle_heap()
+    yield
+
+
 def make_app(handler: Handler, lifespan: Sequence[Lifespan] = ()) -> Litestar:
     """A Litestar app with `handler` at `POST /callback` (same body limit as the service)."""
     route = post("/callback", request_max_body_size=MAX_BODY_BYTES)(handler)
-    return Litestar(route_handlers=[route, healthz], lifespan=list(lifespan), debug=False)
+    return Litestar(route_handlers=[route, healthz], lifespan=[*lifespan, settled], debug=False)
