@@ -23,11 +23,10 @@ from litestar.types import Scope
 from app.api.auth import SECURITY, require_token
 from app.api.services import Services, services
 from app.database import driver_connection
-from app.queries import Change, read_history, read_profile
+from app.queries import INT64_MAX, Change, read_history, read_profile
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-INT64_MAX = 2**63 - 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 NAIVE_EPOCH = datetime(1970, 1, 1)
 

@@ -74,7 +74,10 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT sha256(coalesce(state, head) |
 -- chain_hash(head, digest) OVER (ORDER BY position): each row's hash, chained from head.
 CREATE AGGREGATE chain_hash(bytea, bytea) (SFUNC = chain_step, STYPE = bytea);
 
--- Appends a batch in one round trip and a few statements, each planned for the batch at hand
+"""
+
+# Named on its own so that a later revision's downgrade can restore it.
+APPEND_EVENTS = r"""-- Appends a batch in one round trip and a few statements, each planned for the batch at hand
 -- (dynamic SQL: a plan cached while a table was small must not decide how a large one is read).
 -- Deliveries already stored (same SDKAppID and body digest) are skipped; the new ones are
 -- numbered, versioned per user, chained, inserted and projected; one NOTIFY tells the live feed.
@@ -154,6 +157,8 @@ BEGIN
     $sql$ USING p_sdkappid, p_body_digest, head_position, waited;
 END $fn$;
 """
+
+UPGRADE += APPEND_EVENTS
 
 DOWNGRADE = r"""
 DROP FUNCTION append_events(bigint[], text[], text[], bigint[], timestamptz[], jsonb[], text[],

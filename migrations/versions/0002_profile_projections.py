@@ -71,7 +71,10 @@ RETURNS TABLE (tag text, value jsonb) LANGUAGE sql IMMUTABLE AS $$
      ORDER BY item ->> 'Tag', ord DESC
 $$;
 
--- Applies a range of just-appended events to both profile projections in one statement.
+"""
+
+# Named on its own so that a later revision's downgrade can restore it.
+PROJECT_EVENTS = r"""-- Applies a range of just-appended events to both profile projections in one statement.
 -- Every part reads the projections as they were before the statement: the predecessor of a new
 -- change is the later of (its predecessor among stored changes, its predecessor in the batch);
 -- a stored change that now follows a batch change (a late delivery) takes that change as old.
@@ -141,6 +144,8 @@ BEGIN
     $sql$ USING p_after, p_upto;
 END $fn$;
 """
+
+UPGRADE += PROJECT_EVENTS
 
 DOWNGRADE = r"""
 CREATE OR REPLACE FUNCTION project_events(p_after bigint, p_upto bigint) RETURNS void
