@@ -58,6 +58,10 @@ SELECT v.names, v.versions, p.tags, p.tag_values, p.updated_at, n.version
 # numbers the events and its run condition stops the scan after the page. $5..$8 bound the
 # EventTime range and the keyset (callers pass INT64 sentinels for "no bound"). Whether the user
 # exists is read only when the page is empty (an initplan runs on first use).
+# A change's old value is the `new` of the same tag's previous change. A page is a contiguous run
+# of the user's changes (of one tag, with the tag filter), so that is the previous row of the tag
+# in the page, and only each tag's oldest row in the page looks its predecessor up along
+# profile_changes_pkey. The operator filter breaks that run: then every row looks it up.
 HISTORY = f"""
 SELECT v.names, v.versions, h.positions, h.event_times, h.received_ats, h.operators,
        h.platforms, h.client_ips, h.tags, h.olds, h.news,
@@ -75,14 +79,25 @@ SELECT v.names, v.versions, h.positions, h.event_times, h.received_ats, h.operat
                array_agg(tag ORDER BY event_time DESC, position DESC, tag) AS tags,
                array_agg(old::text ORDER BY event_time DESC, position DESC, tag) AS olds,
                array_agg(new::text ORDER BY event_time DESC, position DESC, tag) AS news
-          FROM (SELECT c.*, dense_rank() OVER (ORDER BY event_time DESC, position DESC) AS page_rank
-                  FROM profile_changes c
-                 WHERE sdkappid = $1 AND user_id = $2
-                   AND ($3::text IS NULL OR tag = $3)
-                   AND ($4::text IS NULL OR operator_account = $4)
-                   AND event_time >= $5 AND event_time <= $6
-                   AND (event_time, position) < ($7, $8)) page
-         WHERE page_rank <= $9) h
+          FROM (SELECT page.*,
+                       coalesce(
+                           CASE WHEN $4::text IS NULL
+                                THEN lag(new) OVER (PARTITION BY tag ORDER BY event_time, position)
+                           END,
+                           (SELECT o.new FROM profile_changes o
+                             WHERE o.sdkappid = page.sdkappid AND o.user_id = page.user_id
+                               AND o.tag = page.tag
+                               AND (o.event_time, o.position) < (page.event_time, page.position)
+                             ORDER BY o.event_time DESC, o.position DESC
+                             LIMIT 1)) AS old
+                  FROM (SELECT c.*, dense_rank() OVER (ORDER BY event_time DESC, position DESC) AS page_rank
+                          FROM profile_changes c
+                         WHERE sdkappid = $1 AND user_id = $2
+                           AND ($3::text IS NULL OR tag = $3)
+                           AND ($4::text IS NULL OR operator_account = $4)
+                           AND event_time >= $5 AND event_time <= $6
+                           AND (event_time, position) < ($7, $8)) page
+                 WHERE page_rank <= $9) p) h
 """
 
 EXPECTED_NAMES = sorted(REGISTRY)

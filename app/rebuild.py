@@ -1,7 +1,8 @@
 """Zero-downtime rebuild of projections: shadow tables filled from the log, then swapped in.
 
 1. Stage every profile item of the log up to the current head (set-based, in position chunks).
-2. Fill each projection's shadow table from the stage with set-based SQL, then index it.
+   When profile_changes is rebuilt, its shadow table is the stage: the items go there once.
+2. Fill each other projection's shadow table from the stage with set-based SQL; index them all.
    Steps 1 and 2 are split into jobs (a chunk, a fill, an index) that run on as many
    connections as the caller gives, so PostgreSQL can use more than one core.
 3. Under the append lock: re-derive the users touched since step 1 from the whole log, swap
@@ -19,26 +20,23 @@ from typing import Any, TypeAlias
 import asyncpg
 import msgspec
 
-from app.projections import REGISTRY, Projection
+from app.projections import REGISTRY, Projection, profile_changes
 
 REBUILD_LOCK = "profile-audit:rebuild"
 STAGE = "profile_items__stage"
 TAIL_STAGE = "profile_items__tail"
 CHUNK = 250_000
 
-STAGE_DDL = """
-CREATE UNLOGGED TABLE {stage} (
-    sdkappid bigint, user_id text COLLATE "C", position bigint, event_time bigint,
-    received_at timestamptz, operator_account text, opt_platform text, client_ip text,
-    tag text COLLATE "C", value jsonb
-)
-"""
+# The projection whose shadow table doubles as the stage: the stage has its columns.
+STAGED_IN = profile_changes.NAME
+STAGE_DDL = "CREATE UNLOGGED TABLE {stage} (LIKE profile_changes)"
 
 EXTRACT_SQL = """
-INSERT INTO {stage}
-SELECT e.sdkappid, e.user_id, e.position, e.event_time, e.received_at,
+INSERT INTO {stage} (sdkappid, user_id, position, tag, event_time, received_at,
+                     operator_account, opt_platform, client_ip, new)
+SELECT e.sdkappid, e.user_id, e.position, i.tag, e.event_time, e.received_at,
        d.doc ->> 'Operator_Account', e.metadata ->> 'OptPlatform', e.metadata ->> 'ClientIP',
-       i.tag, i.value
+       i.value
   FROM events e
  CROSS JOIN LATERAL (SELECT e.body::jsonb AS doc OFFSET 0) d  -- parsed once, not per item
  CROSS JOIN LATERAL profile_items(d.doc) i
@@ -114,13 +112,25 @@ async def rebuild_projections(
             await worker.execute(SESSION_SETTINGS)
         snapshot = int(await connection.fetchval("SELECT position FROM log_head"))
 
-        await _recreate(connection, STAGE, STAGE_DDL.format(stage=STAGE))
+        for projection in projections:
+            shadow = f"{projection.table}__shadow"
+            await _recreate(
+                connection,
+                shadow,
+                f"CREATE TABLE {shadow} (LIKE {projection.table} INCLUDING DEFAULTS)",
+            )
+        staged_in = next((p for p in projections if p.name == STAGED_IN), None)
+        if staged_in is None:
+            stage = STAGE
+            await _recreate(connection, STAGE, STAGE_DDL.format(stage=STAGE))
+        else:
+            stage = f"{staged_in.table}__shadow"
         staged = 0
 
         def extract(low: int, high: int) -> Job:
             async def run(worker: asyncpg.Connection[Any]) -> list[Job]:
                 nonlocal staged
-                await worker.execute(EXTRACT_SQL.format(stage=STAGE), low, high)
+                await worker.execute(EXTRACT_SQL.format(stage=stage), low, high)
                 staged += high - low
                 report("replay", staged, snapshot)
                 return []
@@ -137,7 +147,8 @@ async def rebuild_projections(
         def fill(projection: Projection, shadow: str) -> Job:
             async def run(worker: asyncpg.Connection[Any]) -> list[Job]:
                 nonlocal built
-                await worker.execute(projection.fill_sql.format(target=shadow, stage=STAGE))
+                if shadow != stage:
+                    await worker.execute(projection.fill_sql.format(target=shadow, stage=stage))
                 # A swapped-in table without statistics is read with bad plans until autovacuum.
                 await worker.execute(f"ANALYZE {shadow}")
                 definitions = [d for _name, d in await _shadow_indexes(worker, projection.table)]
@@ -162,16 +173,7 @@ async def rebuild_projections(
 
             return run
 
-        fills = []
-        for projection in projections:
-            shadow = f"{projection.table}__shadow"
-            await _recreate(
-                connection,
-                shadow,
-                f"CREATE TABLE {shadow} (LIKE {projection.table} INCLUDING DEFAULTS)",
-            )
-            fills.append(fill(projection, shadow))
-        await _run_jobs(workers, fills)
+        await _run_jobs(workers, [fill(p, f"{p.table}__shadow") for p in projections])
 
         async with connection.transaction():
             await connection.execute("SET LOCAL synchronous_commit = on")

@@ -275,8 +275,10 @@ async def catalog(connection: asyncpg.Connection[Any]) -> dict[str, Any]:
         "  FROM pg_constraint WHERE conrelid = ANY($1::regclass[]) ORDER BY 1, 2",
         list(PROJECTION_TABLES),
     )
+    # Columns in order; their numbers (ordinal_position) skip dropped columns until a rebuild.
     columns = await connection.fetch(
-        "SELECT table_name, ordinal_position, column_name, data_type, is_nullable, column_default"
+        "SELECT table_name, rank() OVER (PARTITION BY table_name ORDER BY ordinal_position),"
+        "       column_name, data_type, is_nullable, column_default"
         "  FROM information_schema.columns"
         " WHERE table_schema = 'public' AND table_name = ANY($1::text[]) ORDER BY 1, 2",
         list(PROJECTION_TABLES),
@@ -307,7 +309,7 @@ async def table_rows(connection: asyncpg.Connection[Any], table: str) -> list[tu
     else:
         sql = (
             "SELECT sdkappid, user_id, position, tag, event_time, received_at, operator_account,"
-            " opt_platform, client_ip, old::text, new::text FROM profile_changes ORDER BY position, tag"
+            " opt_platform, client_ip, new::text FROM profile_changes ORDER BY position, tag"
         )
     return [tuple(r) for r in await connection.fetch(sql)]
 

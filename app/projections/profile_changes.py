@@ -1,21 +1,21 @@
-"""The change-history projection: one row per (event, tag) with the tag's old and new value.
+"""The change-history projection: one row per (event, tag) with the tag's new value.
 
-`old` is the tag's value just before this change in (EventTime, position) order, so a late
-delivery that lands between two earlier ones shows up where it belongs. Applied inline, batch by
-batch, by the SQL function `project_events` (migrations); rebuilt by FILL_SQL.
+A change's `old` is not stored: it is the `new` of the same tag's previous change in
+(EventTime, position) order, the row just before it in the table's key, and the read API looks it
+up there (app/queries.py). So a late delivery that lands between two earlier ones is an insert like
+any other. Applied inline, batch by batch, by the SQL function `project_events` (migrations).
+A rebuild extracts the log's items straight into this table's shadow, which the other projections
+then read as their stage (app/rebuild.py); FILL_SQL copies from a separate stage.
 """
 
 NAME = "profile_changes"
 VERSION = 1
 TABLE = "profile_changes"
 
-# user_id leads the sort: the first key gets abbreviated (prefix) keys, and sdkappid hardly varies.
 FILL_SQL = """
 INSERT INTO {target} (sdkappid, user_id, position, tag, event_time, received_at,
-                      operator_account, opt_platform, client_ip, old, new)
+                      operator_account, opt_platform, client_ip, new)
 SELECT sdkappid, user_id, position, tag, event_time, received_at,
-       operator_account, opt_platform, client_ip,
-       lag(value) OVER (PARTITION BY user_id, sdkappid, tag ORDER BY event_time, position),
-       value
+       operator_account, opt_platform, client_ip, new
   FROM {stage}
 """

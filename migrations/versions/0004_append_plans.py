@@ -39,7 +39,7 @@ down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-UPGRADE = r"""
+APPEND_EVENTS = r"""
 -- Appends a batch in one round trip: deliveries already stored (same SDKAppID and body digest)
 -- are skipped; the new ones are numbered, versioned per user, chained, inserted and projected,
 -- and the log head moves; one NOTIFY tells the live feed. Returns one row per input, with the
@@ -136,7 +136,9 @@ BEGIN
     RETURN QUERY SELECT o::integer, positions[o], duplicates[o], waited
                    FROM generate_subscripts(positions, 1) AS o;
 END $fn$;
+"""
 
+PROJECT_EVENTS = r"""
 -- Applies a range of just-appended events to both profile projections in one statement.
 -- Every part reads the projections as they were before the statement: the predecessor of a new
 -- change is the later of (its predecessor among stored changes, its predecessor in the batch);
@@ -219,6 +221,8 @@ BEGIN
             WHERE p.sdkappid = b.sdkappid AND p.user_id = b.user_id AND p.tag = b.tag) s ON true;
 END $fn$;
 """
+
+UPGRADE = APPEND_EVENTS + PROJECT_EVENTS
 
 
 def upgrade() -> None:

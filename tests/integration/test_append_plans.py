@@ -17,7 +17,7 @@ from app.ingest import NewEvent, decode_callback
 from tests.conftest import SDKAPPID, portrait_body, portrait_query
 
 LARGE_TABLES = ("events", "profile_changes", "profiles")
-LOOKUP_INDEXES = ("events_delivery_once", "events_user_version", "events_pkey", "profile_changes_pkey")
+LOOKUP_INDEXES = ("events_delivery_once", "events_user_version", "events_pkey")
 
 
 def deliveries(users: int, per_user: int, *, start: int = 0, late: bool = False) -> list[NewEvent]:

@@ -32,6 +32,7 @@ QUERY = {"SdkAppid": str(SDKAPPID), "CallbackCommand": "Profile.CallbackPortrait
 text = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=6)
 values = st.one_of(st.integers(0, 2**32 - 1), text)
 items = st.lists(st.tuples(st.sampled_from(TAGS), values), min_size=1, max_size=3)
+FILTERS = [("operator", "admin"), ("tag", "Tag_Profile_IM_Nick")]
 delivery = st.tuples(st.sampled_from(USERS), st.integers(0, 12), st.sampled_from(["op", "admin"]), items)
 
 
@@ -62,36 +63,55 @@ async def read_answers(client: AsyncTestClient[Any], users: list[str]) -> dict[s
         for at in (0, 3, 6, 9, 12):
             r = await client.get(path + "/profile", headers=AUTH, params={"sdkappid": SDKAPPID, "at": at})
             as_of[at] = r.json()["profile"] if r.status_code == 200 else None
-        history = []
-        cursor = None
-        while True:
-            params: dict[str, Any] = {"sdkappid": SDKAPPID, "limit": 2}
-            if cursor:
-                params["cursor"] = cursor
-            page = (await client.get(path + "/profile-history", headers=AUTH, params=params)).json()
-            history += [
-                (e["position"], sorted((c["tag"], c["old"], c["new"]) for c in e["changes"]))
-                for e in page["entries"]
-            ]
-            cursor = page["next_cursor"]
-            if cursor is None:
-                break
         answers[user] = {
             "profile": current.json()["profile"] if current.status_code == 200 else None,
             "as_of": as_of,
-            "history": history,
+            "history": await read_history(client, path, {}),
+            # A filter picks changes; each one's old is still that tag's previous value.
+            **{
+                f"history by {name}={value}": await read_history(client, path, {name: value})
+                for name, value in FILTERS
+            },
         }
     return answers
+
+
+async def read_history(client: AsyncTestClient[Any], path: str, filters: dict[str, str]) -> list[Any]:
+    """Every page of the user's history (two events per page) with the filters."""
+    history = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"sdkappid": SDKAPPID, "limit": 2, **filters}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get(path + "/profile-history", headers=AUTH, params=params)).json()
+        history += [
+            (e["position"], sorted((c["tag"], c["old"], c["new"]) for c in e["changes"]))
+            for e in page["entries"]
+        ]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return history
 
 
 def reference_answers(fold: ReferenceFold, users: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for user in users:
         profile = fold.profile(SDKAPPID, user)
+        history = [(p, [tuple(c) for c in changes]) for p, changes in fold.history(SDKAPPID, user)]
+        operators = {e.position: e.operator for e in fold.events}
+        filtered = {}
+        for name, value in FILTERS:
+            if name == "operator":
+                filtered[f"history by {name}={value}"] = [(p, c) for p, c in history if operators[p] == value]
+            else:
+                kept = [(p, [c for c in changes if c[0] == value]) for p, changes in history]
+                filtered[f"history by {name}={value}"] = [(p, c) for p, c in kept if c]
         result[user] = {
             "profile": profile or None,
             "as_of": {at: fold.profile(SDKAPPID, user, at) or None for at in (0, 3, 6, 9, 12)},
-            "history": [(p, [tuple(c) for c in changes]) for p, changes in fold.history(SDKAPPID, user)],
+            "history": history,
+            **filtered,
         }
     return result
 
