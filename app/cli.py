@@ -151,7 +151,7 @@ def serve(
                 port=port,
                 workers=workers,
                 loop="uvloop",
-                http="httptools",
+                http="app.httpprotocol:HttpProtocol",
                 access_log=False,
                 log_level=settings.log_level.lower(),
                 timeout_graceful_shutdown=10,

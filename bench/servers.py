@@ -55,7 +55,7 @@ def _uvicorn(app: str, port: int, workers: int) -> list[str]:
         f"--port={port}",
         f"--workers={workers}",
         "--loop=uvloop",
-        "--http=httptools",
+        "--http=app.httpprotocol:HttpProtocol",
         "--no-access-log",
         "--log-level=warning",
     ]
