@@ -6,13 +6,14 @@ projection versions even when the user has nothing to show: a stale projection c
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from app.projections import REGISTRY
+from app.projections import REGISTRY, profile_changes, profiles
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -102,6 +103,9 @@ SELECT v.names, v.versions, h.positions, h.event_times, h.received_ats, h.operat
 
 EXPECTED_NAMES = sorted(REGISTRY)
 EXPECTED_VERSIONS = [REGISTRY[name].version for name in EXPECTED_NAMES]
+# The projections each read depends on: only a stale one of those makes it answer 503.
+PROFILE_READS = (profiles.NAME,)
+CHANGES_READS = (profile_changes.NAME,)
 
 
 class ProfileRead(msgspec.Struct, frozen=True):
@@ -135,8 +139,10 @@ class HistoryRead(msgspec.Struct, frozen=True):
     user_exists: bool | None
 
 
-def version_problems(names: list[str] | None, versions: list[int] | None) -> list[str]:
-    """Projections whose tables were built with another version than the code's (all when none)."""
+def version_problems(
+    names: list[str] | None, versions: list[int] | None, needed: Collection[str] = EXPECTED_NAMES
+) -> list[str]:
+    """The `needed` projections whose tables were built with another version than the code's."""
     if names == EXPECTED_NAMES and versions == EXPECTED_VERSIONS:
         return []
     built = dict(zip(names or [], versions or [], strict=True))
@@ -144,7 +150,7 @@ def version_problems(names: list[str] | None, versions: list[int] | None) -> lis
         f"projection {p.name} is at version {built.get(p.name)}, code expects {p.version}:"
         " run profile-audit rebuild"
         for p in REGISTRY.values()
-        if built.get(p.name) != p.version
+        if p.name in needed and built.get(p.name) != p.version
     ]
 
 
@@ -161,12 +167,14 @@ async def read_profile(
     """The user's tag values now (or as of `at`, epoch ms) and their version then."""
     if at is None:
         row = await connection.fetchrow(PROFILE, sdkappid, user_id, INT64_MAX)
+        needed = PROFILE_READS
     else:
         row = await connection.fetchrow(PROFILE_AT, sdkappid, user_id, at)
+        needed = CHANGES_READS
     assert row is not None
     names, versions, tags, values, updated_at, version = row
     profile = dict(zip(tags, map(msgspec.Raw, values), strict=True)) if tags else {}
-    return ProfileRead(version_problems(names, versions), profile, updated_at, version)
+    return ProfileRead(version_problems(names, versions, needed), profile, updated_at, version)
 
 
 async def read_history(
@@ -197,7 +205,7 @@ async def read_history(
     )
     assert row is not None
     names, versions, positions, times, received, operators, platforms, ips, tags, olds, news, exists = row
-    problems = version_problems(names, versions)
+    problems = version_problems(names, versions, CHANGES_READS)
     if positions is None:  # no change matched: the aggregates are NULL
         return HistoryRead(problems, [], exists)
     olds = [None if old is None else msgspec.Raw(old) for old in olds]

@@ -70,11 +70,14 @@ async def tables(db: asyncpg.Connection[Any]) -> dict[str, list[tuple[Any, ...]]
 # --- projection versions ----------------------------------------------------------------------
 
 
+AS_OF = {"at": 1_700_000_000_123}
+
+
 @pytest.mark.parametrize(
-    ("stale", "depending"),
+    ("stale", "depending", "independent"),
     [
-        ("profile_changes", [("profile-history", {}), ("profile", {"at": 1_700_000_000_123})]),
-        ("profiles", [("profile", {})]),
+        ("profile_changes", [("profile-history", {}), ("profile", AS_OF)], [("profile", {})]),
+        ("profiles", [("profile", {})], [("profile-history", {}), ("profile", AS_OF)]),
     ],
 )
 async def test_a_stale_projection_is_not_ready_and_its_reads_are_503_until_rebuilt(
@@ -82,12 +85,15 @@ async def test_a_stale_projection_is_not_ready_and_its_reads_are_503_until_rebui
     db: asyncpg.Connection[Any],
     stale: str,
     depending: list[tuple[str, dict[str, Any]]],
+    independent: list[tuple[str, dict[str, Any]]],
 ) -> None:
     await seed(client, db)
     assert (await client.get("/readyz")).status_code == 200
     before = {
-        endpoint: await get_json(client, user_path("alice", endpoint), {"sdkappid": SDKAPPID, **params})
-        for endpoint, params in depending
+        (endpoint, str(params)): await get_json(
+            client, user_path("alice", endpoint), {"sdkappid": SDKAPPID, **params}
+        )
+        for endpoint, params in depending + independent
     }
     assert all(status == 200 for status, _ in before.values())
 
@@ -100,6 +106,9 @@ async def test_a_stale_projection_is_not_ready_and_its_reads_are_503_until_rebui
         status, body = await get_json(client, user_path("alice", endpoint), {"sdkappid": SDKAPPID, **params})
         assert status == 503, (endpoint, body)
         assert stale in body["detail"] and "profile-audit rebuild" in body["detail"], body
+    for endpoint, params in independent:
+        answer = await get_json(client, user_path("alice", endpoint), {"sdkappid": SDKAPPID, **params})
+        assert answer == before[endpoint, str(params)], f"{endpoint} does not read {stale}"
     assert (await client.get("/healthz")).status_code == 200, "alive, just not ready"
     assert (await client.get("/events", headers=AUTH)).status_code == 200, "the log does not depend on it"
 
@@ -112,8 +121,10 @@ async def test_a_stale_projection_is_not_ready_and_its_reads_are_503_until_rebui
     assert report.events_replayed == report.last_position == head
     assert (await client.get("/readyz")).status_code == 200
     after = {
-        endpoint: await get_json(client, user_path("alice", endpoint), {"sdkappid": SDKAPPID, **params})
-        for endpoint, params in depending
+        (endpoint, str(params)): await get_json(
+            client, user_path("alice", endpoint), {"sdkappid": SDKAPPID, **params}
+        )
+        for endpoint, params in depending + independent
     }
     assert after == before
 
