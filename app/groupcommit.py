@@ -118,6 +118,11 @@ class GroupCommitter:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._commit(batch)
+            except asyncio.CancelledError:
+                # Stopped while the batch was in the database: whether it committed is unknown
+                # here, and its callers must not wait for an answer that will never come.
+                _fail(batch, StoreUnavailable("the service is shutting down"))
+                raise
             finally:
                 for _ in batch:
                     self._queue.task_done()
