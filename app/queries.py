@@ -26,10 +26,20 @@ SELECT array_agg(name ORDER BY name COLLATE "C") AS names,
   FROM projection_versions
 """
 
-# The user's version: their deliveries with EventTime <= $3 (all of them when $3 is INT64_MAX).
+# The user's version: their deliveries with EventTime <= $3.
 VERSION_AT = """
 SELECT count(*) AS version FROM events
  WHERE sdkappid = $1 AND user_id = $2 AND event_time <= $3
+"""
+
+# The user's version now: their deliveries with an EventTime. user_version numbers every delivery
+# of the user 1, 2, … so the last one is their count, read at the end of events_user_version
+# instead of counting a heavy user's thousands of rows; those without EventTime are few.
+VERSION_NOW = """
+SELECT coalesce((SELECT e.user_version FROM events e WHERE e.sdkappid = $1 AND e.user_id = $2
+                  ORDER BY e.user_version DESC LIMIT 1), 0)
+       - (SELECT count(*) FROM events e
+           WHERE e.sdkappid = $1 AND e.user_id = $2 AND e.event_time IS NULL) AS version
 """
 
 PROFILE = f"""
@@ -39,19 +49,33 @@ SELECT v.names, v.versions, p.tags, p.tag_values, p.updated_at, n.version
                max(event_time) AS updated_at
           FROM profiles
          WHERE sdkappid = $1 AND user_id = $2) p,
-       ({VERSION_AT}) n
+       ({VERSION_NOW}) n
 """
 
-# Per tag, the change with the latest (event_time, position) at or before $3.
+# Per tag, the change with the latest (event_time, position) at or before $3. The user's tags are
+# found by skipping along profile_changes_pkey from one tag to the next, then each tag's change is
+# one backward step from $3: a few index probes per tag, however long the user's history.
 PROFILE_AT = f"""
+WITH RECURSIVE tags(tag) AS (
+    SELECT (SELECT c.tag FROM profile_changes c WHERE c.sdkappid = $1 AND c.user_id = $2
+             ORDER BY c.tag LIMIT 1)
+  UNION ALL
+    SELECT (SELECT c.tag FROM profile_changes c WHERE c.sdkappid = $1 AND c.user_id = $2
+               AND c.tag > t.tag
+             ORDER BY c.tag LIMIT 1)
+      FROM tags t WHERE t.tag IS NOT NULL
+)
 SELECT v.names, v.versions, p.tags, p.tag_values, p.updated_at, n.version
   FROM ({VERSIONS}) v,
-       (SELECT array_agg(tag ORDER BY tag) AS tags, array_agg(value ORDER BY tag) AS tag_values,
-               max(event_time) AS updated_at
-          FROM (SELECT DISTINCT ON (tag) tag, new::text AS value, event_time
-                  FROM profile_changes
-                 WHERE sdkappid = $1 AND user_id = $2 AND event_time <= $3
-                 ORDER BY tag, event_time DESC, position DESC) latest) p,
+       (SELECT array_agg(t.tag ORDER BY t.tag) AS tags,
+               array_agg(latest.new::text ORDER BY t.tag) AS tag_values,
+               max(latest.event_time) AS updated_at
+          FROM tags t
+         CROSS JOIN LATERAL (
+               SELECT c.new, c.event_time FROM profile_changes c
+                WHERE c.sdkappid = $1 AND c.user_id = $2 AND c.tag = t.tag AND c.event_time <= $3
+                ORDER BY c.event_time DESC, c.position DESC
+                LIMIT 1) latest) p,
        ({VERSION_AT}) n
 """
 
@@ -166,7 +190,7 @@ async def read_profile(
 ) -> ProfileRead:
     """The user's tag values now (or as of `at`, epoch ms) and their version then."""
     if at is None:
-        row = await connection.fetchrow(PROFILE, sdkappid, user_id, INT64_MAX)
+        row = await connection.fetchrow(PROFILE, sdkappid, user_id)
         needed = PROFILE_READS
     else:
         row = await connection.fetchrow(PROFILE_AT, sdkappid, user_id, at)
