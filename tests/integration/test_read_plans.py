@@ -1,0 +1,85 @@
+"""Profile reads touch a bounded number of rows however long the user's history is."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from app.eventstore import EventStore
+from app.ingest import NewEvent, decode_callback
+from app.queries import HISTORY, INT64_MAX, INT64_MIN, PROFILE, PROFILE_AT
+from tests.conftest import SDKAPPID, portrait_body, portrait_query
+
+EVENTS = 400
+OTHERS = 3000
+T0 = 1_700_000_000_000
+TABLES = {"events", "profiles", "profile_changes"}
+
+
+def delivery(user: str, event_time: int, **items: Any) -> NewEvent:
+    body = portrait_body(user, event_time, **items)
+    return decode_callback(
+        portrait_query(), json.dumps(body).encode(), sdkappid=SDKAPPID, received_at=datetime.now(UTC)
+    )
+
+
+async def long_history(db: asyncpg.Connection[Any]) -> None:
+    """One user with EVENTS changes of a nickname (and of a level every 100th time), among others.
+
+    The others make the tables big enough that the planner reads them by index, as it does in
+    production; with a few hundred rows in all, a sequential scan would be the better plan.
+    """
+    events = [
+        delivery(
+            "long",
+            T0 + n * 1000,
+            Tag_Profile_IM_Nick=f"n{n}",
+            **({"Tag_Profile_IM_Level": n} if n % 100 == 0 else {}),
+        )
+        for n in range(EVENTS)
+    ]
+    events += [delivery(f"other{n}", T0 + n, Tag_Profile_IM_Nick="x") for n in range(OTHERS)]
+    for low in range(0, len(events), 500):
+        await EventStore().insert_events(db, events[low : low + 500])
+    await db.execute(
+        "INSERT INTO profile_changes (sdkappid, user_id, position, tag, event_time, received_at, new)"
+        " SELECT $1, 'filler' || (n / 10), n, 'Tag_Profile_IM_Nick', n, now(), '1'"
+        "   FROM generate_series(1, 50000) AS n",
+        SDKAPPID,
+    )
+    await db.execute("ANALYZE")
+
+
+def rows_read(plan: dict[str, Any]) -> int:
+    """Rows the plan's scans of the big tables returned, over all their loops."""
+    own = (
+        plan.get("Actual Rows", 0) * plan.get("Actual Loops", 1) if plan.get("Relation Name") in TABLES else 0
+    )
+    return own + sum(rows_read(child) for child in plan.get("Plans", []))
+
+
+async def rows_read_by(db: asyncpg.Connection[Any], sql: str, *args: Any) -> int:
+    found = await db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+    return rows_read(json.loads(found)[0]["Plan"])
+
+
+async def test_profile_reads_do_not_scan_the_users_history(db: asyncpg.Connection[Any]) -> None:
+    await long_history(db)
+    now = await rows_read_by(db, PROFILE, SDKAPPID, "long")
+    as_of = await rows_read_by(db, PROFILE_AT, SDKAPPID, "long", T0 + EVENTS * 500)
+    # Two tags: a few index entries per tag and for the version, not hundreds.
+    assert now < 20, now
+    # The as-of version still counts the user's deliveries up to then (index only).
+    assert as_of < 20 + EVENTS // 2 + 1, as_of
+
+
+async def test_a_history_page_reads_about_a_page(db: asyncpg.Connection[Any]) -> None:
+    await long_history(db)
+    read = await rows_read_by(
+        db, HISTORY, SDKAPPID, "long", None, None, INT64_MIN, INT64_MAX, INT64_MAX, INT64_MAX, 50
+    )
+    # 50 events (51 rows to see the page end), plus each tag's predecessor of the page's oldest.
+    assert read < 60, read
