@@ -13,6 +13,7 @@ from bench.suiteresult import SuiteResult
 CHANGES = Path(__file__).resolve().parent / "CHANGES.md"
 
 MB = 1_000_000
+INGEST_TARGET = 0.6
 REBUILD_TARGET = 150_000
 READ_P99_TARGET_MS = 5.0
 WORKER_TARGET_MB = 150
@@ -54,6 +55,15 @@ def _paced(result: SuiteResult) -> ReadRun | None:
 def target_verdicts(result: SuiteResult) -> list[Verdict]:
     """The brief's targets against this run's figures."""
     out: list[Verdict] = []
+    over_echo = result.ingest.report.ratio("echo") if result.ingest is not None else None
+    if over_echo is not None:
+        out.append(
+            Verdict(
+                f"ingest ≥ {INGEST_TARGET:g}× the same run's echo ceiling",
+                f"{over_echo:.2f}×",
+                over_echo >= INGEST_TARGET,
+            )
+        )
     big = max(result.rebuilds, key=lambda c: c.load.events, default=None)
     if big is not None:
         rate = big.run.events_per_second
