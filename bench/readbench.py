@@ -6,8 +6,10 @@ import contextlib
 import secrets
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 
 from bench.cpu import CpuMeter, tree
 from bench.servers import Running
@@ -45,6 +47,9 @@ class ReadRun:
     ingest: WrkResult
     reads: dict[str, WrkResult]
     cpu_cores: dict[str, float]
+    # Read connections held by each worker process, largest first (the listening socket is shared,
+    # so the split is whatever the workers' accepts made of the burst of new connections).
+    connections_per_worker: list[int] = field(default_factory=list)
 
 
 def read_command(wrk: str, url: str, plan: ReadPlan, mode: str, duration: int) -> list[str]:
@@ -67,9 +72,34 @@ def read_command(wrk: str, url: str, plan: ReadPlan, mode: str, duration: int) -
     ]
 
 
-def _reads(wrk: str, url: str, plan: ReadPlan, duration: int) -> dict[str, WrkResult]:
+def _reads(
+    wrk: str, url: str, plan: ReadPlan, duration: int, workers: psutil.Process | None = None
+) -> tuple[dict[str, WrkResult], list[int]]:
+    """Run the read loads; with the server's process, also how their connections are spread."""
     started = {mode: start_wrk(read_command(wrk, url, plan, mode, duration)) for mode in ENDPOINTS}
-    return {mode: finish_wrk(process) for mode, process in started.items()}
+    split: list[int] = []
+    if workers is not None:
+        time.sleep(min(1.0, duration / 2))  # wrk connects at start; keep-alive keeps them
+        split = connections_per_worker(workers, [p.pid for p in started.values()], int(url.rsplit(":", 1)[1]))
+    return {mode: finish_wrk(process) for mode, process in started.items()}, split
+
+
+def connections_per_worker(server: psutil.Process, clients: list[int], port: int) -> list[int]:
+    """How many of the clients' TCP connections to `port` each worker process holds, largest first."""
+    client_ports: set[int] = set()
+    for pid in clients:
+        with contextlib.suppress(psutil.Error):
+            client_ports |= {
+                c.laddr.port
+                for c in psutil.Process(pid).net_connections("tcp")
+                if c.raddr and c.raddr.port == port
+            }
+    counts = []
+    for worker in server.children(recursive=True) or [server]:
+        with contextlib.suppress(psutil.Error):
+            held = [c for c in worker.net_connections("tcp") if c.raddr and c.raddr.port in client_ports]
+            counts.append(len(held))
+    return sorted((n for n in counts if n), reverse=True)
 
 
 def measure_reads(
@@ -98,7 +128,7 @@ def measure_reads(
         )
         meter.start()
         began = time.monotonic()
-        reads = _reads(wrk, running.url, plan, plan.duration)
+        reads, split = _reads(wrk, running.url, plan, plan.duration, psutil.Process(running.process.pid))
         cpu = meter.stop(time.monotonic() - began, children_label="read wrk")
         ingested = finish_wrk(ingest_process)
     finally:
@@ -106,4 +136,4 @@ def measure_reads(
             with contextlib.suppress(ProcessLookupError):
                 ingest_process.kill()
             ingest_process.wait()
-    return ReadRun(scenario, ingest, ingested, reads, cpu)
+    return ReadRun(scenario, ingest, ingested, reads, cpu, split)

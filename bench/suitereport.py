@@ -315,6 +315,17 @@ def _reads(result: SuiteResult) -> list[str]:
         )
     headers = ["ingest load", "endpoint", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "non-2xx + errors"]
     lines += _table(headers, body)
+    splits = [(run.scenario, run.connections_per_worker) for run in result.reads.runs]
+    if any(split for _, split in splits):
+        lines.append(
+            "Read connections held by each worker: "
+            + "; ".join(f"{scenario}: {' + '.join(map(str, split))}" for scenario, split in splits)
+            + ". The workers share one listening socket, so the split is whatever their accepts made"
+            " of wrk's burst of new connections; a worker holding most of them serves their reads one"
+            " after another (compare runs by their split; one paced connection alone had a p99 of 1.6 ms"
+            " in bench/CHANGES.md)."
+        )
+        lines.append("")
     lines.append(
         "The first scenario paces the ingest (a moderate, constant rate); the second lets the same"
         " connections post as fast as the service answers, which leaves the reads to compete for the"
