@@ -72,6 +72,28 @@ async def stored_olds(connection: asyncpg.Connection[Any]) -> list[tuple[Any, ..
     return [tuple(r) for r in rows]
 
 
+async def read_olds(connection: asyncpg.Connection[Any], user: str) -> list[tuple[Any, ...]]:
+    """(position, tag, old) of every change of the user, as the read API pages through them."""
+    read: list[tuple[Any, ...]] = []
+    before: tuple[int, int] | None = None
+    while True:
+        page = await read_history(
+            connection,
+            SDKAPPID,
+            user,
+            tag=None,
+            operator=None,
+            since=None,
+            until=None,
+            before=before,
+            limit=2,
+        )
+        if not page.changes:
+            return read
+        read += [(c.position, c.tag, None if c.old is None else bytes(c.old).decode()) for c in page.changes]
+        before = (page.changes[-1].event_time, page.changes[-1].position)
+
+
 async def test_0005_reads_old_from_the_predecessor_and_its_downgrade_stores_it_again(
     empty_database_url: str,
 ) -> None:
@@ -84,38 +106,7 @@ async def test_0005_reads_old_from_the_predecessor_and_its_downgrade_stores_it_a
         assert sum(old is not None for *_, old in at_0004) == 20  # all but each tag's first
 
         await asyncio.to_thread(upgrade, empty_database_url)
-        read = []
-        for user in ("ann", "bo"):
-            history = await read_history(
-                connection,
-                SDKAPPID,
-                user,
-                tag=None,
-                operator=None,
-                since=None,
-                until=None,
-                before=None,
-                limit=2,
-            )
-            before = None
-            while history.changes:
-                read += [
-                    (c.position, c.tag, None if c.old is None else bytes(c.old).decode())
-                    for c in history.changes
-                ]
-                last = history.changes[-1]
-                before = (last.event_time, last.position)
-                history = await read_history(
-                    connection,
-                    SDKAPPID,
-                    user,
-                    tag=None,
-                    operator=None,
-                    since=None,
-                    until=None,
-                    before=before,
-                    limit=2,
-                )
+        read = [change for user in ("ann", "bo") for change in await read_olds(connection, user)]
         # jsonb text renders as stored; the read API gives the same values.
         assert sorted(read) == at_0004
 
