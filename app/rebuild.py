@@ -29,7 +29,8 @@ CHUNK = 250_000
 
 # The projection whose shadow table doubles as the stage: the stage has its columns.
 STAGED_IN = profile_changes.NAME
-STAGE_DDL = "CREATE UNLOGGED TABLE {stage} (LIKE profile_changes)"
+# {kind}: UNLOGGED for the snapshot's stage (shared by the jobs), TEMP for the catch-up's tail.
+STAGE_DDL = "CREATE {kind} TABLE {stage} (LIKE profile_changes)"
 
 EXTRACT_SQL = """
 INSERT INTO {stage} (sdkappid, user_id, position, tag, event_time, received_at,
@@ -122,7 +123,7 @@ async def rebuild_projections(
         staged_in = next((p for p in projections if p.name == STAGED_IN), None)
         if staged_in is None:
             stage = STAGE
-            await _recreate(connection, STAGE, STAGE_DDL.format(stage=STAGE))
+            await _recreate(connection, STAGE, STAGE_DDL.format(kind="UNLOGGED", stage=STAGE))
         else:
             stage = f"{staged_in.table}__shadow"
         staged = 0
@@ -144,31 +145,33 @@ async def rebuild_projections(
 
         built = 0
 
+        def finished_one() -> None:
+            nonlocal built
+            built += 1
+            report("build", built, len(projections))
+
         def fill(projection: Projection, shadow: str) -> Job:
             async def run(worker: asyncpg.Connection[Any]) -> list[Job]:
-                nonlocal built
-                if shadow != stage:
+                if shadow != stage:  # the staged-in projection's shadow is filled already
                     await worker.execute(projection.fill_sql.format(target=shadow, stage=stage))
                 # A swapped-in table without statistics is read with bad plans until autovacuum.
                 await worker.execute(f"ANALYZE {shadow}")
                 definitions = [d for _name, d in await _shadow_indexes(worker, projection.table)]
+                if not definitions:
+                    finished_one()
                 remaining = len(definitions)
 
                 def index(definition: str) -> Job:
                     async def build(worker: asyncpg.Connection[Any]) -> list[Job]:
-                        nonlocal remaining, built
+                        nonlocal remaining
                         await worker.execute(definition)
                         remaining -= 1
                         if remaining == 0:
-                            built += 1
-                            report("build", built, len(projections))
+                            finished_one()
                         return []
 
                     return build
 
-                if not definitions:
-                    built += 1
-                    report("build", built, len(projections))
                 return [index(d) for d in definitions]
 
             return run
@@ -258,7 +261,7 @@ async def _catch_up(
     connection: asyncpg.Connection[Any], projections: list[Projection], snapshot: int, head: int
 ) -> None:
     """Re-derive, from the whole log, every user touched by events after the snapshot."""
-    await _recreate(connection, TAIL_STAGE, STAGE_DDL.format(stage=TAIL_STAGE).replace("UNLOGGED", "TEMP"))
+    await _recreate(connection, TAIL_STAGE, STAGE_DDL.format(kind="TEMP", stage=TAIL_STAGE))
     tail_extract = EXTRACT_SQL.format(stage=TAIL_STAGE) + (
         " AND (e.sdkappid, e.user_id) IN " + TOUCHED_USERS.format(param="$3")
     )
