@@ -101,3 +101,57 @@ async def test_the_append_functions_plan_generically(db: asyncpg.Connection[Any]
         name: ["enable_incremental_sort=off", "jit=off", "plan_cache_mode=force_generic_plan"]
         for name in ("append_events", "project_events")
     }
+
+
+FILLER_EVENTS = 20_000
+
+
+def index_scans(plan: dict[str, Any], index: str) -> list[dict[str, Any]]:
+    """The plan's scans of `index`, at any depth."""
+    own = [plan] if plan.get("Index Name") == index else []
+    return own + [scan for child in plan.get("Plans", []) for scan in index_scans(child, index)]
+
+
+async def test_lookups_that_find_nothing_stop_at_their_key(db: asyncpg.Connection[Any]) -> None:
+    """A new delivery of a new user: its lookups read a few index pages, however long the log.
+
+    Before 0006, the lookups' upper bounds were row comparisons, and PostgreSQL up to 17 reads on
+    through every later entry of the SDKAppID when nothing matches (18 stops at the key).
+    """
+    # A long log of other users' deliveries: their digests are spread over the index, and every
+    # 'filler…' user sorts before the new users, the side the version lookup reads towards.
+    await db.execute(
+        "INSERT INTO events (position, sdkappid, command, user_id, user_version, event_time,"
+        "                    received_at, metadata, body, body_digest, digest, hash)"
+        " SELECT n, $1, 'Profile.CallbackPortraitSet', 'filler' || n, 1, n, now(), '{}', '{}',"
+        "        sha256(n::text::bytea), sha256(n::text::bytea), sha256(n::text::bytea)"
+        "   FROM generate_series(1, $2::bigint) AS n",
+        SDKAPPID,
+        FILLER_EVENTS,
+    )
+    await db.execute("UPDATE log_head SET position = $1, hash = sha256('head')", FILLER_EVENTS)
+    await db.execute("ANALYZE events")
+    try:
+        await db.execute("LOAD 'auto_explain'")
+    except asyncpg.PostgresError as exc:  # a server without it, or a user who may not load it
+        pytest.skip(f"auto_explain is not available here: {exc}")
+    await db.execute(
+        "SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on;"
+        " SET auto_explain.log_buffers = on; SET auto_explain.log_format = json;"
+        " SET auto_explain.log_min_duration = -1; SET client_min_messages = log"
+    )
+    new = deliveries(8, 1)
+    logged = await plans_of_one_append(db, new)
+    plans = [
+        json.loads(text[text.index("{") :])["Plan"]
+        for text in logged.split("\n" + "duration: ")
+        if '"Plan"' in text
+    ]
+    for index in ("events_delivery_once", "events_user_version"):
+        scans = [scan for plan in plans for scan in index_scans(plan, index)]
+        assert scans, (index, logged)
+        loops = sum(scan["Actual Loops"] for scan in scans)
+        pages = sum(scan["Shared Hit Blocks"] + scan["Shared Read Blocks"] for scan in scans)
+        assert loops == len(new), (index, loops)
+        # Root and leaf, now and then a neighbouring leaf; reading on would be ~70 pages a lookup.
+        assert pages <= 4 * loops, (index, pages, loops)
