@@ -87,7 +87,9 @@ SELECT v.names, v.versions, p.tags, p.tag_values, p.updated_at, n.version
 # of the user's changes (of one tag, with the tag filter), so that is the previous row of the tag
 # in the page, and only each tag's oldest row in the page looks its predecessor up along
 # profile_changes_pkey. The operator filter breaks that run: then every row looks it up.
-HISTORY = f"""
+# {page} selects the user's changes after the keyset ($7, $8) and {order} is the order the page is
+# read in; HISTORY and HISTORY_OF_TAG fill them in.
+_HISTORY = f"""
 SELECT v.names, v.versions, h.positions, h.event_times, h.received_ats, h.operators,
        h.platforms, h.client_ips, h.tags, h.olds, h.news,
        CASE WHEN h.changes = 0
@@ -115,15 +117,29 @@ SELECT v.names, v.versions, h.positions, h.event_times, h.received_ats, h.operat
                                AND (o.event_time, o.position) < (page.event_time, page.position)
                              ORDER BY o.event_time DESC, o.position DESC
                              LIMIT 1)) AS old
-                  FROM (SELECT c.*, dense_rank() OVER (ORDER BY event_time DESC, position DESC) AS page_rank
+                  FROM (SELECT c.*, dense_rank() OVER (ORDER BY {{order}}) AS page_rank
                           FROM profile_changes c
-                         WHERE sdkappid = $1 AND user_id = $2
-                           AND ($3::text IS NULL OR tag = $3)
+                         WHERE sdkappid = $1 AND user_id = $2 AND {{page}}
                            AND ($4::text IS NULL OR operator_account = $4)
-                           AND event_time >= $5 AND event_time <= $6
-                           AND (event_time, position) < ($7, $8)) page
+                           AND event_time >= $5 AND event_time <= $6) page
                  WHERE page_rank <= $9) p) h
 """
+
+# Any tag, or the tag $3: along profile_changes_by_user_time.
+HISTORY = _HISTORY.format(
+    order="event_time DESC, position DESC",
+    page="($3::text IS NULL OR tag = $3) AND (event_time, position) < ($7, $8)",
+)
+
+# One tag: along profile_changes_pkey, which holds each tag's changes in order. With `tag = $3`
+# the generic plan (a prepared statement's from its sixth run) read the user's every change along
+# by_user_time instead, filtering the tag: the time bounds' default estimates leave both indexes
+# at one row. A range on the tag and the tag in the page's order leave only the pkey able to give
+# that order without a sort; the tag is still bounded on both sides, so the scan stops at its end.
+HISTORY_OF_TAG = _HISTORY.format(
+    order="tag DESC, event_time DESC, position DESC",
+    page="(tag, event_time, position) < ($3::text, $7, $8) AND tag >= $3::text",
+)
 
 EXPECTED_NAMES = sorted(REGISTRY)
 EXPECTED_VERSIONS = [REGISTRY[name].version for name in EXPECTED_NAMES]
@@ -216,7 +232,7 @@ async def read_history(
     """The user's changes, newest first, at most `limit` events, strictly after `before`."""
     after_time, after_position = before or (INT64_MAX, INT64_MAX)
     row = await connection.fetchrow(
-        HISTORY,
+        HISTORY if tag is None else HISTORY_OF_TAG,
         sdkappid,
         user_id,
         tag,
