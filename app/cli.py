@@ -10,7 +10,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Annotated
+from typing import IO, Annotated, Any
 
 import asyncpg
 import typer
@@ -143,19 +143,27 @@ def serve(
         # uvicorn re-raises SIGTERM after its graceful shutdown; make that a normal exit (0) so the
         # embedded database is stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_on_signal)
+        options: dict[str, Any] = {
+            "factory": True,
+            "host": host,
+            "port": port,
+            "workers": workers,
+            "loop": "uvloop",
+            "http": "app.httpprotocol:HttpProtocol",
+            "access_log": False,
+            "log_level": settings.log_level.lower(),
+            "timeout_graceful_shutdown": 10,
+        }
         try:
-            uvicorn.run(
-                "app.app:create_app_from_env",
-                factory=True,
-                host=host,
-                port=port,
-                workers=workers,
-                loop="uvloop",
-                http="app.httpprotocol:HttpProtocol",
-                access_log=False,
-                log_level=settings.log_level.lower(),
-                timeout_graceful_shutdown=10,
-            )
+            if workers == 1:
+                uvicorn.run("app.app:create_app_from_env", **options)
+            else:
+                from app.workers import Supervisor
+
+                # Not uvicorn's supervisor: its workers share the listening socket, and one of them
+                # takes most of a burst of keep-alive connections; this one hands each to the
+                # worker with the fewest.
+                Supervisor(uvicorn.Config("app.app:create_app_from_env", **options), workers).run()
         finally:
             if own_metrics_dir:
                 shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)

@@ -47,8 +47,8 @@ class ReadRun:
     ingest: WrkResult
     reads: dict[str, WrkResult]
     cpu_cores: dict[str, float]
-    # Read connections held by each worker process, largest first (the listening socket is shared,
-    # so the split is whatever the workers' accepts made of the burst of new connections).
+    # Read connections held by each worker process, largest first (`serve` hands each new
+    # connection to the worker holding the fewest, app/workers.py).
     connections_per_worker: list[int] = field(default_factory=list)
 
 

@@ -320,10 +320,8 @@ def _reads(result: SuiteResult) -> list[str]:
         lines.append(
             "Read connections held by each worker: "
             + "; ".join(f"{scenario}: {' + '.join(map(str, split))}" for scenario, split in splits)
-            + ". The workers share one listening socket, so the split is whatever their accepts made"
-            " of wrk's burst of new connections; a worker holding most of them serves their reads one"
-            " after another (compare runs by their split; one paced connection alone had a p99 of 1.6 ms"
-            " in bench/CHANGES.md)."
+            + ". `serve` hands each new connection to the worker holding the fewest (app/workers.py);"
+            " a worker holding most of them would serve their reads one after another."
         )
         lines.append("")
     lines.append(

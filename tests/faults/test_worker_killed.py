@@ -4,7 +4,7 @@ Eight clients deliver 150 distinct events each and retry on connection errors an
 retry would. Both original workers of `serve --workers 2` are killed with SIGKILL, one after the
 other, while deliveries are in flight. Then: every delivery that got a 200 is in the log exactly
 once (those whose 200 was lost with the worker were redelivered and found as duplicates), the log
-verifies, uvicorn's supervisor replaced each killed worker, and the replacements serve.
+verifies, `serve` replaced each killed worker, and the replacements serve.
 """
 
 from __future__ import annotations
