@@ -10,7 +10,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Annotated, Any
+from typing import IO, Annotated
 
 import asyncpg
 import typer
@@ -120,7 +120,7 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Run the HTTP service (on the embedded database, created and migrated, when no DATABASE_URL)."""
-    import uvicorn
+    from app.workers import serve_app
 
     settings = _settings(takes_callbacks=True)
     with database(settings) as url:
@@ -143,27 +143,14 @@ def serve(
         # uvicorn re-raises SIGTERM after its graceful shutdown; make that a normal exit (0) so the
         # embedded database is stopped on the way out.
         signal.signal(signal.SIGTERM, _exit_on_signal)
-        options: dict[str, Any] = {
-            "factory": True,
-            "host": host,
-            "port": port,
-            "workers": workers,
-            "loop": "uvloop",
-            "http": "app.httpprotocol:HttpProtocol",
-            "access_log": False,
-            "log_level": settings.log_level.lower(),
-            "timeout_graceful_shutdown": 10,
-        }
         try:
-            if workers == 1:
-                uvicorn.run("app.app:create_app_from_env", **options)
-            else:
-                from app.workers import Supervisor
-
-                # Not uvicorn's supervisor: its workers share the listening socket, and one of them
-                # takes most of a burst of keep-alive connections; this one hands each to the
-                # worker with the fewest.
-                Supervisor(uvicorn.Config("app.app:create_app_from_env", **options), workers).run()
+            serve_app(
+                "app.app:create_app_from_env",
+                host=host,
+                port=port,
+                workers=workers,
+                log_level=settings.log_level.lower(),
+            )
         finally:
             if own_metrics_dir:
                 shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)

@@ -24,6 +24,7 @@ from multiprocessing.context import SpawnProcess
 from types import FrameType
 from typing import Any, cast
 
+import uvicorn
 from uvicorn import Config, Server
 from uvicorn.config import STARTUP_FAILURE
 
@@ -36,6 +37,25 @@ ACCEPT_PAUSE = 1.0  # seconds without accepting after accept() fails (out of fil
 OPENING_WAIT = 10.0  # seconds after the first worker is ready that accepting waits for the others
 
 _spawn = multiprocessing.get_context("spawn")
+
+
+def serve_app(app: str, *, host: str, port: int, workers: int, log_level: str) -> None:
+    """Serve the ASGI app factory `app` as `profile-audit serve` does: the same uvicorn settings,
+    and with more than one worker, the Supervisor (the benchmark's echo and insert apps run so too)."""
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "loop": "uvloop",
+        "http": "app.httpprotocol:HttpProtocol",
+        "access_log": False,
+        "log_level": log_level,
+        "timeout_graceful_shutdown": 10,
+    }
+    if workers == 1:
+        uvicorn.run(app, **options)
+    else:
+        Supervisor(Config(app, **options), workers).run()
 
 
 def least_loaded(open_connections: Sequence[int | None], last: int) -> int | None:

@@ -44,20 +44,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _uvicorn(app: str, port: int, workers: int) -> list[str]:
+def _serve_app(app: str, port: int, workers: int) -> list[str]:
+    # The way `profile-audit serve` runs its app (app.workers.serve_app: the same uvicorn settings,
+    # the same acceptor handing connections to the workers), so that the ceiling is the same stack.
     return [
         sys.executable,
-        "-m",
-        "uvicorn",
+        "-c",
+        "import sys; from app.workers import serve_app;"
+        " serve_app(sys.argv[1], host='127.0.0.1', port=int(sys.argv[2]), workers=int(sys.argv[3]),"
+        " log_level='warning')",
         app,
-        "--factory",
-        "--host=127.0.0.1",
-        f"--port={port}",
-        f"--workers={workers}",
-        "--loop=uvloop",
-        "--http=app.httpprotocol:HttpProtocol",
-        "--no-access-log",
-        "--log-level=warning",
+        str(port),
+        str(workers),
     ]
 
 
@@ -96,7 +94,7 @@ def echo_target(port: int, workers: int) -> Target:
     return Target(
         name="echo",
         title="echo ceiling: same stack and parsing, no database",
-        argv=_uvicorn("bench.echo_app:create_app", port, workers),
+        argv=_serve_app("bench.echo_app:create_app", port, workers),
     )
 
 
@@ -105,7 +103,7 @@ def insert_target(port: int, workers: int, database_url: str, pool_size: int) ->
     return Target(
         name="insert",
         title=f"one autocommit INSERT per request, asyncpg pool {pool_size}/worker",
-        argv=_uvicorn("bench.insert_app:create_app", port, workers),
+        argv=_serve_app("bench.insert_app:create_app", port, workers),
         env={"BENCH_INSERT_DSN": database_url, "BENCH_INSERT_POOL": str(pool_size)},
     )
 
@@ -154,7 +152,7 @@ class Running:
     def stop(self, timeout: float = 20.0) -> int | None:
         """Stop gracefully (uvicorn finishes in-flight requests); returns the exit status."""
         if self.process.poll() is None:
-            # Only the supervisor: it forwards SIGTERM once; a second one would force-exit the workers.
+            # Only the parent: it stops the workers; a second SIGTERM would force-exit them.
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
