@@ -157,12 +157,19 @@ def resolve_sdkappid(svc: Services, raw: int | None) -> int:
     return raw
 
 
+def without_nul(name: str, value: str) -> str:
+    """`value`; 400 if it holds U+0000, which PostgreSQL text cannot (nothing stored has one)."""
+    if "\x00" in value:
+        raise ValidationException(f"{name}: U+0000 (NUL) is not allowed")
+    return value
+
+
 def read_target(
     request: Request[Any, Any, Any], sdkappid: int | None, user_id: str
 ) -> tuple[Services, int, str]:
     """The services, the app and the user (percent-decoded) a read is about; 400 for a bad app."""
     svc = services(request.app.state)
-    return svc, resolve_sdkappid(svc, sdkappid), unquote(user_id)
+    return svc, resolve_sdkappid(svc, sdkappid), without_nul("user_id", unquote(user_id))
 
 
 def ensure_fresh(problems: list[str]) -> None:
@@ -247,8 +254,8 @@ class UsersController(Controller):
                 connection,
                 app_id,
                 user,
-                tag=tag,
-                operator=operator,
+                tag=None if tag is None else without_nul("tag", tag),
+                operator=None if operator is None else without_nul("operator", operator),
                 since=since_ms,
                 until=until_ms,
                 before=before,

@@ -206,6 +206,8 @@ BAD_PARAMETERS = [
     ("profile", {"sdkappid": "abc"}, "sdkappid"),
     ("profile", {"sdkappid": None}, "sdkappid"),  # two apps configured: required
     ("profile-history", {"sdkappid": None}, "sdkappid"),
+    ("profile-history", {"tag": "a\x00b"}, "tag"),  # PostgreSQL text cannot hold U+0000 (was 503)
+    ("profile-history", {"operator": "\x00"}, "operator"),
 ]
 
 
@@ -218,6 +220,12 @@ async def test_bad_parameters_are_400_naming_the_parameter(client: AsyncTestClie
             assert status == 400, (endpoint, user, query, body)
             assert name in json.dumps(body), body  # says which parameter is wrong
             assert body["detail"], body
+
+
+async def test_a_user_id_with_nul_is_400(client: AsyncTestClient[Any]) -> None:
+    for endpoint in ("profile", "profile-history"):
+        status, body = await get_json(client, user_path("a\x00b", endpoint), {"sdkappid": SDKAPPID})
+        assert status == 400 and "user_id" in body["detail"], (endpoint, body)
 
 
 async def test_sdkappid_may_be_omitted_when_one_app_is_configured(database_url: str) -> None:
