@@ -40,6 +40,18 @@ def deliveries(users: int, per_user: int, *, start: int = 0, late: bool = False)
     return events
 
 
+async def load_auto_explain(connection: asyncpg.Connection[Any], settings: str = "") -> None:
+    """auto_explain on `connection`, nested statements too, off until plans_of_one_append turns it on."""
+    try:
+        await connection.execute("LOAD 'auto_explain'")
+    except asyncpg.PostgresError as exc:  # a server without it, or a user who may not load it
+        pytest.skip(f"auto_explain is not available here: {exc}")
+    await connection.execute(
+        settings + "SET auto_explain.log_nested_statements = on; SET auto_explain.log_min_duration = -1;"
+        " SET client_min_messages = log"
+    )
+
+
 async def plans_of_one_append(connection: asyncpg.Connection[Any], events: list[NewEvent]) -> str:
     """The plans (auto_explain, nested statements too) the append ran for `events`."""
     messages: list[str] = []
@@ -69,14 +81,7 @@ def assert_indexed(plans: str) -> None:
 async def test_plans_made_on_empty_tables_and_after_analyze_read_the_indexes(database_url: str) -> None:
     connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
-        try:
-            await connection.execute("LOAD 'auto_explain'")
-        except asyncpg.PostgresError as exc:  # a server without it, or a user who may not load it
-            pytest.skip(f"auto_explain is not available here: {exc}")
-        await connection.execute(
-            "SET auto_explain.log_nested_statements = on; SET auto_explain.log_min_duration = -1;"
-            " SET client_min_messages = log"
-        )
+        await load_auto_explain(connection)
         # First append on empty tables: the connection's plans are made now, from no statistics.
         first = await plans_of_one_append(connection, deliveries(5, 2))
         assert "Index" in first
@@ -131,14 +136,10 @@ async def test_lookups_that_find_nothing_stop_at_their_key(db: asyncpg.Connectio
     )
     await db.execute("UPDATE log_head SET position = $1, hash = sha256('head')", FILLER_EVENTS)
     await db.execute("ANALYZE events")
-    try:
-        await db.execute("LOAD 'auto_explain'")
-    except asyncpg.PostgresError as exc:  # a server without it, or a user who may not load it
-        pytest.skip(f"auto_explain is not available here: {exc}")
-    await db.execute(
-        "SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on;"
-        " SET auto_explain.log_buffers = on; SET auto_explain.log_format = json;"
-        " SET auto_explain.log_min_duration = -1; SET client_min_messages = log"
+    await load_auto_explain(
+        db,
+        "SET auto_explain.log_analyze = on; SET auto_explain.log_buffers = on;"
+        " SET auto_explain.log_format = json;",
     )
     new = deliveries(8, 1)
     logged = await plans_of_one_append(db, new)
