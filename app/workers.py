@@ -18,7 +18,6 @@ import selectors
 import signal
 import socket
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from multiprocessing.context import SpawnProcess
 from types import FrameType
@@ -93,9 +92,9 @@ class Supervisor:
         self.workers: list[Worker] = []
         self.count = workers
         self.selector = selectors.DefaultSelector()
-        self.waiting: set[socket.socket] = set()  # accepted, nothing received yet
-        # The same, with when each is given up if still silent, in accept order (same timeout).
-        self.silent: deque[tuple[float, socket.socket]] = deque()
+        # Accepted, nothing received yet: when each is given up if still silent. One timeout for
+        # all, so insertion order is deadline order.
+        self.waiting: dict[socket.socket, float] = {}
         self.retiring: list[Worker] = []  # after SIGHUP: replaced one at a time
         self.last = workers - 1
         self.listening = False
@@ -149,7 +148,8 @@ class Supervisor:
 
     def _loop(self) -> None:
         while not self.stopping:
-            wakes = [t for t in (self.resume_at, self.silent[0][0] if self.silent else None) if t is not None]
+            first_silent = next(iter(self.waiting.values()), None)
+            wakes = [t for t in (self.resume_at, first_silent) if t is not None]
             events = self.selector.select(max(0.0, min(wakes) - time.monotonic()) if wakes else None)
             if self.hangup:
                 self.hangup = False
@@ -190,8 +190,7 @@ class Supervisor:
                 return
             # Handed over once its request comes in: a connection closed unused (a port check,
             # wrk's probe) never counts for a worker, and the choice sees the latest closes.
-            self.waiting.add(connection)
-            self.silent.append((time.monotonic() + self.config.timeout_keep_alive, connection))
+            self.waiting[connection] = time.monotonic() + self.config.timeout_keep_alive
             self.selector.register(
                 connection, selectors.EVENT_READ, (1, lambda c=connection: self._readable(c))
             )
@@ -204,7 +203,7 @@ class Supervisor:
         except OSError:  # reset by the client
             first = b""
         self.selector.unregister(connection)
-        self.waiting.discard(connection)
+        del self.waiting[connection]
         with connection:
             if first:  # else closed before sending anything
                 self._hand_over(connection)
@@ -212,12 +211,13 @@ class Supervisor:
     def _drop_silent(self) -> None:
         # A client that connects and sends nothing (HTTP clients send at once) is not kept for ever.
         now = time.monotonic()
-        while self.silent and (self.silent[0][0] <= now or self.silent[0][1] not in self.waiting):
-            _, connection = self.silent.popleft()
-            if connection in self.waiting:
-                self.waiting.discard(connection)
-                self.selector.unregister(connection)
-                connection.close()
+        while self.waiting:
+            connection, deadline = next(iter(self.waiting.items()))
+            if deadline > now:
+                return
+            del self.waiting[connection]
+            self.selector.unregister(connection)
+            connection.close()
 
     def _retire_next(self) -> None:
         # Once the previous one's replacement is serving, so that the others keep serving meanwhile.
