@@ -182,3 +182,28 @@ async def _counts(url: str) -> dict[str, int]:
 def table_counts(url: str) -> dict[str, int]:
     """Rows in events, profiles and profile_changes."""
     return asyncio.run(_counts(url))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bench.loadlog URL`: migrate an empty database and fill it with a generated log."""
+    import argparse
+
+    from app.database import upgrade
+
+    parser = argparse.ArgumentParser(prog="python -m bench.loadlog", description=main.__doc__)
+    parser.add_argument("url", help="postgresql://… of an empty or freshly migrated database")
+    parser.add_argument("--events", type=int, default=1_000_000, help="events to generate (1,000,000)")
+    parser.add_argument("--users", type=int, default=100_000, help="users they belong to (100,000)")
+    parser.add_argument("--seed", type=int, default=1, help="random seed (1)")
+    args = parser.parse_args(argv)
+    upgrade(args.url)
+    report = load_log(args.url, args.events, args.users, seed=args.seed)
+    print(
+        f"{report.events:,} events over {report.users:,} users, {report.items:,} profile items,"
+        f" {report.user_tags:,} user tags; generated and copied in"
+        f" {report.plan_seconds + report.copy_seconds:.1f} s, VACUUM ANALYZE {report.vacuum_seconds:.1f} s"
+    )
+
+
+if __name__ == "__main__":  # spawned generator processes import this module; they must not run it
+    main()
