@@ -157,9 +157,9 @@ def resolve_sdkappid(svc: Services, raw: int | None) -> int:
     return raw
 
 
-def without_nul(name: str, value: str) -> str:
+def without_nul(name: str, value: str | None) -> str | None:
     """`value`; 400 if it holds U+0000, which PostgreSQL text cannot (nothing stored has one)."""
-    if "\x00" in value:
+    if value is not None and "\x00" in value:
         raise ValidationException(f"{name}: U+0000 (NUL) is not allowed")
     return value
 
@@ -169,7 +169,9 @@ def read_target(
 ) -> tuple[Services, int, str]:
     """The services, the app and the user (percent-decoded) a read is about; 400 for a bad app."""
     svc = services(request.app.state)
-    return svc, resolve_sdkappid(svc, sdkappid), without_nul("user_id", unquote(user_id))
+    app_id, user = resolve_sdkappid(svc, sdkappid), unquote(user_id)
+    without_nul("user_id", user)
+    return svc, app_id, user
 
 
 def ensure_fresh(problems: list[str]) -> None:
@@ -254,8 +256,8 @@ class UsersController(Controller):
                 connection,
                 app_id,
                 user,
-                tag=None if tag is None else without_nul("tag", tag),
-                operator=None if operator is None else without_nul("operator", operator),
+                tag=without_nul("tag", tag),
+                operator=without_nul("operator", operator),
                 since=since_ms,
                 until=until_ms,
                 before=before,
