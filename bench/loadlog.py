@@ -53,6 +53,14 @@ class LoadReport:
         """Generated and COPYed rows per second (planning excluded)."""
         return self.events / self.copy_seconds if self.copy_seconds else 0.0
 
+    @property
+    def timings(self) -> str:
+        """How long generating, copying and VACUUM ANALYZE took, in one phrase."""
+        return (
+            f"generated in {self.plan_seconds + self.copy_seconds:.1f} s ({self.rows_per_second:,.0f} rows/s"
+            f" COPY), VACUUM ANALYZE {self.vacuum_seconds:.1f} s"
+        )
+
 
 @dataclass
 class _Totals:
@@ -200,8 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     report = load_log(args.url, args.events, args.users, seed=args.seed)
     print(
         f"{report.events:,} events over {report.users:,} users, {report.items:,} profile items,"
-        f" {report.user_tags:,} user tags; generated and copied in"
-        f" {report.plan_seconds + report.copy_seconds:.1f} s, VACUUM ANALYZE {report.vacuum_seconds:.1f} s"
+        f" {report.user_tags:,} user tags; {report.timings}"
     )
 
 

@@ -84,11 +84,7 @@ def rebuild_case(
     upgrade(url)
     console.print(f"suite: generating {events:,} events over {users:,} users into {name}…")
     loaded = load_log(url, events, users)
-    console.print(
-        f"suite: generated in {loaded.plan_seconds + loaded.copy_seconds:.1f} s"
-        f" ({loaded.rows_per_second:,.0f} rows/s COPY), VACUUM ANALYZE {loaded.vacuum_seconds:.1f} s;"
-        " rebuilding…"
-    )
+    console.print(f"suite: {loaded.timings}; rebuilding…")
     server.checkpoint()
     run = run_rebuild(url, name, SDKAPPID, loaded.events, postmaster_pid, workdir)
     if run.exit_status != 0:
