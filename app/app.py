@@ -14,7 +14,6 @@ from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api.auth import SECURITY_COMPONENTS
 from app.api.callback import callback_handler
@@ -24,7 +23,7 @@ from app.api.services import Services
 from app.api.stream import stream_events
 from app.api.users import UsersController, encode_user_segment
 from app.config import Settings, asyncpg_dsn, get_settings, require_sdkappids
-from app.database import create_engine, driver_connection
+from app.database import close_pool, create_pool, pooled_connection
 from app.eventstore import EventStore
 from app.feed import Feed, store_reader
 from app.groupcommit import GroupCommitter
@@ -80,18 +79,18 @@ def create_app(settings: Settings | None = None, *, settle: bool = False) -> Lit
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         dsn = asyncpg_dsn(database_url)
-        engine = create_engine(database_url)
+        pool = await create_pool(database_url)
         store = EventStore()
         committer = GroupCommitter(dsn, store=store, on_batch=observe_batch)
         feed = Feed(
             dsn,
-            store_reader(store, lambda: driver_connection(engine)),
+            store_reader(store, lambda: pooled_connection(pool)),
             capacity=settings.stream_buffer,
         )
         await committer.start()
-        await feed.start(head=await _head_position(engine, store))
+        await feed.start(head=await _head_position(pool, store))
         app.state["services"] = Services(
-            settings=settings, engine=engine, committer=committer, store=store, feed=feed
+            settings=settings, pool=pool, committer=committer, store=store, feed=feed
         )
         for default in settings.dev_defaults:
             log.warning("development default in use: %s (set it for production)", default)
@@ -102,7 +101,7 @@ def create_app(settings: Settings | None = None, *, settle: bool = False) -> Lit
         finally:
             await feed.stop()
             await committer.stop()
-            await engine.dispose()
+            await close_pool(pool)
 
     return ProfileAudit(
         route_handlers=[
@@ -156,9 +155,9 @@ def database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Res
     return Response({"status_code": 503, "detail": "database unavailable; retry later"}, status_code=503)
 
 
-async def _head_position(engine: AsyncEngine, store: EventStore) -> int:
+async def _head_position(pool: asyncpg.Pool[Any], store: EventStore) -> int:
     try:
-        async with driver_connection(engine) as connection:
+        async with pooled_connection(pool) as connection:
             position, _hash = await store.head(connection)
             return position
     except Exception:  # the database may be down at start; the feed catches up from 0 then

@@ -24,7 +24,7 @@ from app.config import (
     get_settings,
     require_sdkappids,
 )
-from app.database import create_engine, current_revision, head_revision, upgrade
+from app.database import head_revision, select_revision, upgrade
 from app.embedded import EmbeddedDatabase
 
 cli = typer.Typer(
@@ -106,11 +106,11 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 async def _schema_revision(url: str) -> str | None:
-    engine = create_engine(url, pool_size=1)
+    connection = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
     try:
-        return await current_revision(engine)
+        return await select_revision(connection)
     finally:
-        await engine.dispose()
+        await connection.close()
 
 
 @cli.command()

@@ -1,19 +1,18 @@
-"""Engine creation and schema revision checks."""
+"""The connection pool, migrations and schema revision checks."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.config import sqlalchemy_url
+from app.config import asyncpg_dsn
 
 
 def migrations_dir() -> Path:
@@ -40,26 +39,63 @@ def head_revision() -> str | None:
     return script.get_current_head()
 
 
-def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An async engine for reads and occasional writes (the append path has its own connection)."""
-    return create_async_engine(
-        sqlalchemy_url(database_url),
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=False,
-        pool_recycle=3600,
-        connect_args={"command_timeout": 30, "timeout": 5},
+# The read pool: up to this many connections per process, for the read API, `/readyz`, `/metrics`,
+# the live feed's catch-up and rejected-delivery inserts.
+POOL_SIZE = 20
+# A request that finds every pooled connection busy this long answers 503 (TimeoutError).
+ACQUIRE_TIMEOUT = 10.0
+
+
+async def _keep_session(_connection: asyncpg.Connection[Any]) -> None:
+    """Release without asyncpg's reset round trip: these connections keep no session state.
+
+    asyncpg still rolls back a transaction left open and drops listeners before calling this.
+    """
+
+
+async def create_pool(database_url: str, *, max_size: int = POOL_SIZE) -> asyncpg.Pool[Any]:
+    """The pool for reads and occasional writes (the append path has its own connection).
+
+    It opens connections only when asked for one, so it starts while the database is down, and
+    reopens a connection found closed (the server restarted) on its next acquire.
+    """
+    return await asyncpg.create_pool(
+        asyncpg_dsn(database_url),
+        min_size=0,
+        max_size=max_size,
+        reset=_keep_session,
+        command_timeout=30,
+        timeout=5,
     )
 
 
-async def current_revision(engine: AsyncEngine) -> str | None:
+@asynccontextmanager
+async def pooled_connection(pool: asyncpg.Pool[Any]) -> AsyncIterator[asyncpg.Connection[Any]]:
+    """Borrow a connection from `pool` (autocommit per statement); TimeoutError when none frees up."""
+    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:
+        # A proxy that forwards every Connection method (and goes stale on release).
+        yield cast("asyncpg.Connection[Any]", connection)
+
+
+# Seconds a closing pool waits for borrowed connections before it closes them anyway.
+CLOSE_TIMEOUT = 5.0
+
+
+async def close_pool(pool: asyncpg.Pool[Any]) -> None:
+    """Close the pool's connections once released; after CLOSE_TIMEOUT, close them at once."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await pool.close()
+    except TimeoutError:
+        pool.terminate()
+
+
+async def select_revision(connection: asyncpg.Connection[Any]) -> str | None:
     """The revision the database is at (None for an empty database)."""
-    async with engine.connect() as conn:
-        exists = await conn.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
-        if not exists:
-            return None
-        revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
-        return str(revision) if revision is not None else None
+    if not await connection.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL"):
+        return None
+    revision = await connection.fetchval("SELECT version_num FROM alembic_version")
+    return None if revision is None else str(revision)
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
@@ -67,27 +103,3 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(database_url), revision)
-
-
-@asynccontextmanager
-async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection[Any]]:
-    """Borrow a pooled connection as the plain asyncpg connection (autocommit per statement).
-
-    A connection found closed (the server restarted) is discarded from the pool, at checkout or
-    when it fails, so the pool heals by itself.
-    """
-    for attempt in (1, 2):
-        async with engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            if driver.is_closed() and attempt == 1:
-                await conn.invalidate()
-                continue
-            try:
-                yield driver
-            except BaseException:
-                if driver.is_closed():
-                    await conn.invalidate()
-                raise
-            return

@@ -12,7 +12,7 @@ from litestar.params import Parameter
 
 from app.api.auth import SECURITY, require_token
 from app.api.services import services
-from app.database import driver_connection
+from app.database import pooled_connection
 from app.eventstore import StoredEvent
 
 MAX_LIMIT = 1000
@@ -83,7 +83,7 @@ class EventsController(Controller):
     ) -> EventPage:
         """Events with position greater than `after`, oldest first."""
         svc = services(request.app.state)
-        async with driver_connection(svc.engine) as connection:
+        async with pooled_connection(svc.pool) as connection:
             events = await svc.store.select_events(connection, after, limit)
         return EventPage(
             events=[event_out(e) for e in events],

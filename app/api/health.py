@@ -8,7 +8,7 @@ from litestar import Request, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 
 from app.api.services import services
-from app.database import current_revision, driver_connection, head_revision
+from app.database import head_revision, pooled_connection, select_revision
 from app.metrics import EVENTS, PROJECTION_VERSION, exposition
 from app.projections import REGISTRY
 
@@ -56,7 +56,8 @@ async def readyz(request: Request) -> Response[Readiness]:  # type: ignore[type-
     revision: str | None = None
     database = "ok"
     try:
-        revision = await current_revision(svc.engine)
+        async with pooled_connection(svc.pool) as connection:
+            revision = await select_revision(connection)
     except Exception as exc:
         database = f"unreachable: {exc.__class__.__name__}"
         problems.append("database unreachable")
@@ -86,7 +87,7 @@ async def metrics(request: Request) -> Response[bytes]:  # type: ignore[type-arg
     """Deliveries, reply latency, group commits, lock waits, events, projection versions."""
     svc = services(request.app.state)
     try:
-        async with driver_connection(svc.engine) as connection:
+        async with pooled_connection(svc.pool) as connection:
             position, _hash = await svc.store.head(connection)
             built = {
                 row["name"]: row["version"]

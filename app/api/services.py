@@ -1,14 +1,15 @@
-"""What the HTTP handlers share: settings, the engine, the group committer; kept on app.state."""
+"""What the HTTP handlers share: settings, the read pool, the group committer; kept on app.state."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import asyncpg
 from litestar.datastructures import State
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.database import driver_connection
+from app.database import pooled_connection
 from app.eventstore import EventStore
 from app.feed import Feed
 from app.groupcommit import GroupCommitter
@@ -20,19 +21,19 @@ class Services:
     """The process's long-lived collaborators."""
 
     settings: Settings
-    engine: AsyncEngine
+    pool: asyncpg.Pool[Any]
     committer: GroupCommitter
     store: EventStore
     feed: Feed
 
     async def projection_problems(self) -> list[str]:
         """Projections whose tables were built by another version than the code's."""
-        async with driver_connection(self.engine) as connection:
+        async with pooled_connection(self.pool) as connection:
             return await stale_projections(connection)
 
     async def keep_rejected(self, *, sdkappid: int, query: dict[str, str], body: bytes, reason: str) -> int:
         """Store a delivery that was refused as invalid, with the reason."""
-        async with driver_connection(self.engine) as connection:
+        async with pooled_connection(self.pool) as connection:
             return await self.store.insert_rejected(
                 connection, sdkappid=sdkappid, query=query, body=body, reason=reason
             )

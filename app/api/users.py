@@ -22,7 +22,7 @@ from litestar.types import Scope
 
 from app.api.auth import SECURITY, require_token
 from app.api.services import Services, services
-from app.database import driver_connection
+from app.database import pooled_connection
 from app.queries import INT64_MAX, Change, read_history, read_profile
 
 DEFAULT_LIMIT = 50
@@ -206,7 +206,7 @@ class UsersController(Controller):
         """Per tag, the value of the change with the latest EventTime (ties: later position)."""
         svc, app_id, user = read_target(request, sdkappid, user_id)
         at_ms = parse_time("at", at)
-        async with driver_connection(svc.engine) as connection:
+        async with pooled_connection(svc.pool) as connection:
             read = await read_profile(connection, app_id, user, at_ms)
         ensure_fresh(read.problems)
         if read.updated_at is None:
@@ -251,7 +251,7 @@ class UsersController(Controller):
         svc, app_id, user = read_target(request, sdkappid, user_id)
         since_ms, until_ms = parse_time("since", since), parse_time("until", until)
         before = decode_cursor(cursor) if cursor else None
-        async with driver_connection(svc.engine) as connection:
+        async with pooled_connection(svc.pool) as connection:
             read = await read_history(
                 connection,
                 app_id,

@@ -16,11 +16,10 @@ import httpx
 import pytest
 from asyncpg.connection import LoggedQuery
 from litestar.testing import AsyncTestClient
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.api import users
 from app.app import create_app
-from app.database import driver_connection
+from app.database import pooled_connection
 from tests.conftest import (
     API_TOKEN,
     AUTH,
@@ -432,15 +431,15 @@ async def test_each_read_is_one_statement(
         statements.append(record.query)
 
     @asynccontextmanager
-    async def logged(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection[Any]]:
-        async with driver_connection(engine) as connection:
+    async def logged(pool: asyncpg.Pool[Any]) -> AsyncIterator[asyncpg.Connection[Any]]:
+        async with pooled_connection(pool) as connection:
             connection.add_query_logger(log)
             try:
                 yield connection
             finally:
                 connection.remove_query_logger(log)
 
-    monkeypatch.setattr(users, "driver_connection", logged)
+    monkeypatch.setattr(users, "pooled_connection", logged)
     await post_delivery(client, Delivery("one", T0, [(NICK, "a")]))
     reads = [
         (user_path("one"), {}, 200),

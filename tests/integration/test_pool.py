@@ -1,0 +1,69 @@
+"""The read pool: no round trip on release, no session state carried over, heals by itself."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from asyncpg.connection import LoggedQuery
+
+from app.config import asyncpg_dsn
+from app.database import create_pool, pooled_connection
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
+    made = await create_pool(database_url, max_size=1)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+async def test_returning_a_connection_sends_nothing(pool: asyncpg.Pool[Any]) -> None:
+    """asyncpg's default reset would send `RESET ALL; UNLISTEN *; …` on every release."""
+    sent: list[str] = []
+
+    def log(record: LoggedQuery) -> None:
+        sent.append(record.query)
+
+    async with pooled_connection(pool) as connection:
+        connection.add_query_logger(log)
+        assert await connection.fetchval("SELECT 1") == 1
+    async with pooled_connection(pool) as connection:
+        connection.remove_query_logger(log)
+    assert sent == ["SELECT 1"]
+
+
+async def test_a_transaction_left_open_is_rolled_back_on_release(pool: asyncpg.Pool[Any]) -> None:
+    async with pooled_connection(pool) as connection:
+        first = await connection.fetchval("SELECT pg_backend_pid()")
+        await connection.execute("BEGIN; SET LOCAL statement_timeout = 1234")
+        assert connection.is_in_transaction()
+    async with pooled_connection(pool) as connection:
+        assert await connection.fetchval("SELECT pg_backend_pid()") == first  # the same connection
+        assert not connection.is_in_transaction()
+        assert await connection.fetchval("SHOW statement_timeout") != "1234ms"
+
+
+async def test_a_connection_the_server_closed_is_replaced(pool: asyncpg.Pool[Any], database_url: str) -> None:
+    async with pooled_connection(pool) as connection:
+        first = await connection.fetchval("SELECT pg_backend_pid()")
+    admin = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
+    finally:
+        await admin.close()
+    failures = 0
+    for _ in range(2):
+        try:
+            async with pooled_connection(pool) as connection:
+                pid = await connection.fetchval("SELECT pg_backend_pid()")
+        except (asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+            failures += 1  # the pool may learn of the close from this borrow's failure
+            continue
+        break
+    assert failures <= 1
+    assert pid != first
