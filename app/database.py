@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,6 +14,8 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from app.config import asyncpg_dsn
+
+log = logging.getLogger(__name__)
 
 
 def migrations_dir() -> Path:
@@ -66,10 +69,31 @@ async def create_pool(database_url: str, *, max_size: int = POOL_SIZE) -> asyncp
         reset=_keep_session,
         command_timeout=30,
         timeout=5,
+        # The reads are index lookups: JIT only adds its compile time (asyncpg's type
+        # introspection on a new connection took 53 ms with it, 7.5 ms without).
+        server_settings={"jit": "off"},
     )
 
 
-@asynccontextmanager
+async def warm_pool(
+    pool: asyncpg.Pool[Any], count: int, warm: Callable[[asyncpg.Connection[Any]], Awaitable[None]]
+) -> bool:
+    """Open `count` connections and run `warm` on each, so that no request pays for it.
+
+    Returns False, having logged why, when the database cannot be reached: the pool then opens
+    its connections when requests ask for them.
+    """
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            connections = [await stack.enter_async_context(pooled_connection(pool)) for _ in range(count)]
+            await asyncio.gather(*(warm(connection) for connection in connections))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("could not open the read pool's connections ahead: %s: %s", exc.__class__.__name__, exc)
+        return False
+    return True
+
+
+@contextlib.asynccontextmanager
 async def pooled_connection(pool: asyncpg.Pool[Any]) -> AsyncIterator[asyncpg.Connection[Any]]:
     """Borrow a connection from `pool` (autocommit per statement); TimeoutError when none frees up."""
     async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:

@@ -251,3 +251,16 @@ async def read_history(
     olds = [None if old is None else msgspec.Raw(old) for old in olds]
     columns = (positions, times, received, operators, platforms, ips, tags, olds, map(msgspec.Raw, news))
     return HistoryRead(problems, [Change(*fields) for fields in zip(*columns, strict=True)], exists)
+
+
+async def warm_reads(connection: asyncpg.Connection[Any]) -> None:
+    """Prepare every read statement on `connection` (for an app id no user has: nothing is read).
+
+    A connection's first read otherwise pays the preparation and asyncpg's type introspection.
+    """
+    await read_profile(connection, 0, "", None)
+    await read_profile(connection, 0, "", 0)
+    for tag in (None, ""):
+        await read_history(
+            connection, 0, "", tag=tag, operator=None, since=None, until=None, before=None, limit=1
+        )

@@ -1,8 +1,9 @@
-"""The read pool: no round trip on release, no session state carried over, heals by itself."""
+"""The read pool: no round trip on release, no session state carried over, heals, warms ahead."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -10,7 +11,9 @@ import pytest
 from asyncpg.connection import LoggedQuery
 
 from app.config import asyncpg_dsn
-from app.database import create_pool, pooled_connection
+from app.database import create_pool, pooled_connection, warm_pool
+from app.queries import PROFILE, read_profile, warm_reads
+from tests.conftest import SDKAPPID
 
 
 @pytest.fixture
@@ -61,9 +64,42 @@ async def test_a_connection_the_server_closed_is_replaced(pool: asyncpg.Pool[Any
         try:
             async with pooled_connection(pool) as connection:
                 pid = await connection.fetchval("SELECT pg_backend_pid()")
-        except (asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
-            failures += 1  # the pool may learn of the close from this borrow's failure
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresError, OSError):
+            # The pool may learn of the close from this borrow's failure; when the server's notice
+            # arrives during the borrow, asyncpg says another operation is in progress.
+            failures += 1
             continue
         break
     assert failures <= 1
     assert pid != first
+
+
+async def test_warming_opens_and_prepares_connections_ahead(database_url: str) -> None:
+    pool = await create_pool(database_url, max_size=4)
+    try:
+        assert pool.get_size() == 0  # nothing opened until asked
+        assert await warm_pool(pool, 3, warm_reads)
+        assert (pool.get_size(), pool.get_idle_size()) == (3, 3)
+        sent: list[str] = []
+
+        def log(record: LoggedQuery) -> None:
+            sent.append(record.query)
+
+        async with pooled_connection(pool) as connection:
+            assert await connection.fetchval("SHOW jit") == "off"
+            connection.add_query_logger(log)
+            await read_profile(connection, SDKAPPID, "nobody", None)
+            connection.remove_query_logger(log)
+        assert sent == [PROFILE]
+        assert pool.get_size() == 3
+    finally:
+        await pool.close()
+
+
+async def test_warming_without_a_database_gives_up_quietly(tmp_path: Path) -> None:
+    pool = await create_pool(f"postgresql://postgres@/nothing?host={tmp_path}")  # no server there
+    try:
+        assert not await warm_pool(pool, 2, warm_reads)
+        assert pool.get_size() == 0 or pool.get_idle_size() == pool.get_size()
+    finally:
+        await pool.close()
