@@ -8,6 +8,7 @@ length until its body follows.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -20,12 +21,17 @@ class HeadHoldingTransport:
 
     def __init__(self, transport: Any, cycle: RequestResponseCycle) -> None:
         self._transport = transport
-        self._cycle = cycle
+        # Weak: the cycle holds this transport, and a reference cycle per request would leave
+        # every request's objects to the garbage collector (a 10+ ms pause every ~1,100 requests).
+        self._cycle = weakref.ref(cycle)
         self._held: bytes | None = None
 
     def write(self, data: bytes) -> None:
         """Hold the head of a response of known length; send it with the body (or what follows)."""
-        cycle = self._cycle
+        cycle = self._cycle()
+        if cycle is None:  # the request is over: nothing to hold back
+            self._transport.write(data)
+            return
         # chunked_encoding is False once the head has a Content-Length: a streamed (chunked)
         # response's head goes out at once, its first chunk may be long in coming.
         if self._held is None and cycle.response_started and cycle.chunked_encoding is False:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 from uvicorn.config import Config
@@ -124,3 +126,21 @@ async def test_an_app_failing_after_the_head_still_sends_it_before_closing() -> 
     await finished(protocol)
     assert transport.closed
     assert transport.writes and transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+async def test_a_finished_request_is_freed_without_the_garbage_collector() -> None:
+    """No reference cycle per request: the collector would pause the worker to free each one."""
+    gc.disable()
+    try:
+        transport = RecordingTransport()
+        protocol = connect(sized, transport)
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert protocol.cycle is not None
+        cycle = weakref.ref(protocol.cycle)
+        await finished(protocol)
+        protocol.connection_lost(None)
+        del protocol
+        assert cycle() is None
+        assert len(transport.writes) == 1
+    finally:
+        gc.enable()
