@@ -90,7 +90,7 @@ async def warm_pool(
         async with contextlib.AsyncExitStack() as stack:
             connections = [await stack.enter_async_context(pooled_connection(pool)) for _ in range(count)]
             await asyncio.gather(*(warm(connection) for connection in connections))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
         log.warning("could not open the read pool's connections ahead: %s: %s", exc.__class__.__name__, exc)
         return False
     return True
