@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -36,8 +37,12 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+@functools.cache
 def head_revision() -> str | None:
-    """The newest migration's revision id."""
+    """The newest migration's revision id (read once: the scripts ship with the code).
+
+    Reading them runs every migration module, ~1.6 ms that `/readyz` held the event loop for.
+    """
     script = ScriptDirectory(str(migrations_dir()))
     return script.get_current_head()
 
