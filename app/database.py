@@ -52,6 +52,8 @@ def head_revision() -> str | None:
 POOL_SIZE = 20
 # A request that finds every pooled connection busy this long answers 503 (TimeoutError).
 ACQUIRE_TIMEOUT = 10.0
+# Seconds a closing pool waits for borrowed connections before it closes them anyway.
+CLOSE_TIMEOUT = 5.0
 
 
 async def _keep_session(_connection: asyncpg.Connection[Any]) -> None:
@@ -107,10 +109,6 @@ async def pooled_connection(pool: asyncpg.Pool[Any]) -> AsyncIterator[asyncpg.Co
     async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:
         # A proxy that forwards every Connection method (and goes stale on release).
         yield cast("asyncpg.Connection[Any]", connection)
-
-
-# Seconds a closing pool waits for borrowed connections before it closes them anyway.
-CLOSE_TIMEOUT = 5.0
 
 
 async def close_pool(pool: asyncpg.Pool[Any]) -> None:

@@ -29,9 +29,7 @@ class HeadHoldingTransport:
     def write(self, data: bytes) -> None:
         """Hold the head of a response of known length; send it with the body (or what follows)."""
         cycle = self._cycle()
-        if cycle is None:  # the request is over: nothing to hold back
-            self._transport.write(data)
-            return
+        assert cycle is not None  # the cycle holds this transport: it lives at least as long
         # chunked_encoding is False once the head has a Content-Length: a streamed (chunked)
         # response's head goes out at once, its first chunk may be long in coming.
         if self._held is None and cycle.response_started and cycle.chunked_encoding is False:
