@@ -79,16 +79,21 @@ SELECT v.names, v.versions, p.tags, p.tag_values, p.updated_at, n.version
        ({VERSION_AT}) n
 """
 
-# A page of at most $9 events, newest first, read along profile_changes_by_user_time: dense_rank
-# numbers the events and its run condition stops the scan after the page. $5..$8 bound the
-# EventTime range and the keyset (callers pass INT64 sentinels for "no bound"). Whether the user
-# exists is read only when the page is empty (an initplan runs on first use).
+# A page of at most $9 events, newest first. The page's oldest event is found first: the $9th
+# distinct event key along an index in {order}, a LIMIT the planner sees, so it reads the index in
+# that order and stops there. (A dense_rank with a run condition stops as early, but the planner
+# costs it as reading every change of the user: it kept the ordered index scan only while that
+# scan looked sequential, i.e. while the index's leading column was the same in every row of the
+# table, and with a second app's changes among the first one's it read a heavy user's whole
+# history and sorted it.) Then the page is every matching change from that key on.
+# $5..$8 bound the EventTime range and the keyset (callers pass INT64 sentinels for "no bound").
+# Whether the user exists is read only when the page is empty (an initplan runs on first use).
 # A change's old value is the `new` of the same tag's previous change. A page is a contiguous run
 # of the user's changes (of one tag, with the tag filter), so that is the previous row of the tag
 # in the page, and only each tag's oldest row in the page looks its predecessor up along
 # profile_changes_pkey. The operator filter breaks that run: then every row looks it up.
-# {page} selects the user's changes after the keyset ($7, $8) and {order} is the order the page is
-# read in; HISTORY and HISTORY_OF_TAG fill them in.
+# {matches} selects the user's changes after the keyset ($7, $8), {key} is an event's key in the
+# order the page is read in, and {order} that order; HISTORY and HISTORY_OF_TAG fill them in.
 _HISTORY = f"""
 SELECT v.names, v.versions, h.positions, h.event_times, h.received_ats, h.operators,
        h.platforms, h.client_ips, h.tags, h.olds, h.news,
@@ -117,18 +122,29 @@ SELECT v.names, v.versions, h.positions, h.event_times, h.received_ats, h.operat
                                AND (o.event_time, o.position) < (page.event_time, page.position)
                              ORDER BY o.event_time DESC, o.position DESC
                              LIMIT 1)) AS old
-                  FROM (SELECT c.*, dense_rank() OVER (ORDER BY {{order}}) AS page_rank
-                          FROM profile_changes c
-                         WHERE sdkappid = $1 AND user_id = $2 AND {{page}}
-                           AND ($4::text IS NULL OR operator_account = $4)
-                           AND event_time >= $5 AND event_time <= $6) page
-                 WHERE page_rank <= $9) p) h
+                  FROM (SELECT c.* FROM profile_changes c
+                         WHERE {{matches}}
+                           AND ({{key}}) >= (
+                               SELECT {{key}}
+                                 FROM (SELECT DISTINCT {{key}} FROM profile_changes c
+                                        WHERE {{matches}}
+                                        ORDER BY {{order}}
+                                        LIMIT $9) c
+                                ORDER BY {{key}}
+                                LIMIT 1)) page) p) h
 """
+
+_MATCHES = """c.sdkappid = $1 AND c.user_id = $2 AND {page}
+                           AND ($4::text IS NULL OR c.operator_account = $4)
+                           AND c.event_time >= $5 AND c.event_time <= $6"""
 
 # Any tag, or the tag $3: along profile_changes_by_user_time.
 HISTORY = _HISTORY.format(
-    order="event_time DESC, position DESC",
-    page="($3::text IS NULL OR tag = $3) AND (event_time, position) < ($7, $8)",
+    matches=_MATCHES.format(
+        page="($3::text IS NULL OR c.tag = $3) AND (c.event_time, c.position) < ($7, $8)"
+    ),
+    key="c.event_time, c.position",
+    order="c.event_time DESC, c.position DESC",
 )
 
 # One tag: along profile_changes_pkey, which holds each tag's changes in order. With `tag = $3`
@@ -137,8 +153,11 @@ HISTORY = _HISTORY.format(
 # at one row. A range on the tag and the tag in the page's order leave only the pkey able to give
 # that order without a sort; the tag is still bounded on both sides, so the scan stops at its end.
 HISTORY_OF_TAG = _HISTORY.format(
-    order="tag DESC, event_time DESC, position DESC",
-    page="(tag, event_time, position) < ($3::text, $7, $8) AND tag >= $3::text",
+    matches=_MATCHES.format(
+        page="(c.tag, c.event_time, c.position) < ($3::text, $7, $8) AND c.tag >= $3::text"
+    ),
+    key="c.tag, c.event_time, c.position",
+    order="c.tag DESC, c.event_time DESC, c.position DESC",
 )
 
 EXPECTED_NAMES = sorted(REGISTRY)

@@ -48,6 +48,11 @@ def analyze(url: str) -> None:
     asyncio.run(_execute(url, "ANALYZE"))
 
 
+def vacuum_analyze(url: str) -> None:
+    """VACUUM (ANALYZE) every table of the database at `url`."""
+    asyncio.run(_execute(url, "VACUUM (ANALYZE)"))
+
+
 class DatabaseServer:
     """Starts the embedded server when no URL is given; creates and drops the bench's databases."""
 

@@ -63,7 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--read-connections", type=int, default=2, help="connections per read endpoint (2)")
     add("--read-pause-ms", type=float, default=10, help="pause between reads on a connection (10 ms)")
     add("--read-duration", type=int, default=20, help="measured seconds of the reads (20)")
-    add("--no-analyze", action="store_true", help="reads right after the rebuild, before any ANALYZE")
+    add(
+        "--no-analyze",
+        action="store_true",
+        help="reads right after the rebuild, before the VACUUM (ANALYZE) autovacuum would run",
+    )
     add("--es-appenders", type=int, default=64, help="concurrent appenders without HTTP (64)")
     add("--es-duration", type=int, default=15, help="measured seconds per append variant (15)")
     add("--sections", default=",".join(SECTIONS), help=f"subset of {','.join(SECTIONS)}")
