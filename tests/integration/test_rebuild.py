@@ -377,7 +377,7 @@ async def test_leftovers_of_an_interrupted_rebuild_do_not_break_the_next(
     # 1. Stale tables as a killed run leaves them: shadows with their indexes, a full stage, all
     #    holding rows that must not leak into the result.
     await db.execute("CREATE TABLE profiles__shadow (LIKE profiles INCLUDING DEFAULTS)")
-    await db.execute("CREATE UNIQUE INDEX profiles_pkey__shadow ON profiles__shadow (sdkappid, user_id, tag)")
+    await db.execute("CREATE UNIQUE INDEX profiles_pkey__shadow ON profiles__shadow (user_id, sdkappid, tag)")
     await db.execute(
         "INSERT INTO profiles__shadow VALUES ($1, 'ghost', 'Tag_Profile_IM_Nick', '\"boo\"', 1, 1)", SDKAPPID
     )

@@ -40,8 +40,8 @@ async def test_identifiers_compare_bytewise_and_keep_doing_so_after_a_rebuild(
 
 async def test_profile_changes_has_its_key_and_the_history_index_only(db: asyncpg.Connection[Any]) -> None:
     expected = {
-        "profile_changes_pkey": '(sdkappid, user_id, tag, event_time, "position")',
-        "profile_changes_by_user_time": '(sdkappid, user_id, event_time DESC, "position" DESC)',
+        "profile_changes_pkey": '(user_id, sdkappid, tag, event_time, "position")',
+        "profile_changes_by_user_time": '(user_id, sdkappid, event_time DESC, "position" DESC)',
     }
     assert await change_indexes(db) == expected
     await rebuild_projections(db)
