@@ -286,7 +286,11 @@ def _reads(result: SuiteResult) -> list[str]:
     for run in result.reads.runs:
         ingest = f"{run.scenario}: {run.ingest.rps:,.0f} req/s, p99 {run.ingest.latency_us.p99 / 1000:.1f} ms"
         for mode, r in run.reads.items():
-            other = r.non_2xx + r.socket_errors
+            other = str(r.non_2xx + r.socket_errors)
+            refused = ", ".join(
+                f"{n} × {status}" for status, n in sorted(r.statuses.items()) if status >= 300
+            )
+            other += f" ({refused})" if refused else ""
             body.append(
                 [
                     ingest,
@@ -295,7 +299,7 @@ def _reads(result: SuiteResult) -> list[str]:
                     f"{r.latency_us.p50 / 1000:.2f}",
                     f"{r.latency_us.p99 / 1000:.2f}",
                     f"{r.latency_us.p999 / 1000:.2f}",
-                    str(other),
+                    other,
                 ]
             )
             ingest = ""
@@ -324,6 +328,11 @@ def _reads(result: SuiteResult) -> list[str]:
             " a worker holding most of them would serve their reads one after another."
         )
         lines.append("")
+    lines.append(
+        "A 404 for `?at=` is the right answer, not a failure: the user had no change yet at that"
+        " random time (the log gives every user a first event somewhere in it)."
+    )
+    lines.append("")
     lines.append(
         "The first scenario paces the ingest (a moderate, constant rate); the second lets the same"
         " connections post as fast as the service answers, which leaves the reads to compete for the"
