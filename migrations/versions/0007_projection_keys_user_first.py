@@ -10,8 +10,11 @@ profile_changes_pkey took 9.5 s to build before and 5.8 s after, and profile_cha
 5.7 s and 4.2 s. A rebuild copies these definitions onto its shadow tables (app/rebuild.py), so
 it builds the new ones. The profiles fill already sorts by user_id first for the same reason.
 
-The upgrade rebuilds the three indexes in place and holds an exclusive lock on both projection
-tables while it does: reads of profiles wait for about as long as a rebuild's index builds take.
+The new indexes are built CONCURRENTLY, outside the migration's transaction: appends project
+inline into both tables, and an index built in the transaction would hold their locks for as long
+as the builds take, failing the callbacks that arrive meanwhile. Then one short transaction swaps
+them in under the old names. An interrupted run leaves at most an unused `…__rekeyed` index,
+which the next run drops first.
 
 Revision ID: 0007
 Revises: 0006
@@ -20,6 +23,8 @@ Create Date: 2026-11-28
 
 from collections.abc import Sequence
 
+from alembic import op
+
 from app.sqlscript import execute_script
 
 revision: str = "0007"
@@ -27,20 +32,38 @@ down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-KEYS = r"""
+# (index, table, unique, columns after the two leading ones)
+INDEXES = (
+    ("profiles_pkey", "profiles", True, "tag"),
+    ("profile_changes_pkey", "profile_changes", True, "tag, event_time, position"),
+    ("profile_changes_by_user_time", "profile_changes", False, "event_time DESC, position DESC"),
+)
+
+SWAP = r"""
 ALTER TABLE profiles DROP CONSTRAINT profiles_pkey,
-    ADD CONSTRAINT profiles_pkey PRIMARY KEY ({first}, {second}, tag);
+    ADD CONSTRAINT profiles_pkey PRIMARY KEY USING INDEX profiles_pkey__rekeyed;
 ALTER TABLE profile_changes DROP CONSTRAINT profile_changes_pkey,
-    ADD CONSTRAINT profile_changes_pkey PRIMARY KEY ({first}, {second}, tag, event_time, position);
+    ADD CONSTRAINT profile_changes_pkey PRIMARY KEY USING INDEX profile_changes_pkey__rekeyed;
 DROP INDEX profile_changes_by_user_time;
-CREATE INDEX profile_changes_by_user_time
-    ON profile_changes ({first}, {second}, event_time DESC, position DESC);
+ALTER INDEX profile_changes_by_user_time__rekeyed RENAME TO profile_changes_by_user_time;
 """
 
 
+def rekey(first: str, second: str) -> None:
+    """Rebuild the projections' indexes with `first`, `second` leading, without blocking writes."""
+    with op.get_context().autocommit_block():
+        for name, table, unique, rest in INDEXES:
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}__rekeyed")
+            op.execute(
+                f"CREATE {'UNIQUE ' if unique else ''}INDEX CONCURRENTLY {name}__rekeyed"
+                f" ON {table} ({first}, {second}, {rest})"
+            )
+    execute_script(SWAP)
+
+
 def upgrade() -> None:
-    execute_script(KEYS.format(first="user_id", second="sdkappid"))
+    rekey("user_id", "sdkappid")
 
 
 def downgrade() -> None:
-    execute_script(KEYS.format(first="sdkappid", second="user_id"))
+    rekey("sdkappid", "user_id")

@@ -114,3 +114,70 @@ async def test_0005_reads_old_from_the_predecessor_and_its_downgrade_stores_it_a
         assert await stored_olds(connection) == at_0004
     finally:
         await connection.close()
+
+
+PROJECTION_INDEXES = """
+SELECT i.relname AS name, pg_get_indexdef(x.indexrelid) AS definition, x.indisvalid AS valid
+  FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+ WHERE x.indrelid IN ('profiles'::regclass, 'profile_changes'::regclass)
+ ORDER BY 1
+"""
+
+
+async def wait_for_a_lock_wait(connection: asyncpg.Connection[Any]) -> None:
+    """Until another backend of this database waits for a lock (polled; a minute at most)."""
+    for _ in range(600):
+        waiting = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the migration never waited for the open transaction")
+
+
+async def test_0007_rekeys_the_projections_while_appends_go_on(empty_database_url: str) -> None:
+    """0007's index builds wait for open writers without locking new appends out meanwhile."""
+    await asyncio.to_thread(upgrade, empty_database_url, "0006")
+    dsn = asyncpg_dsn(empty_database_url)
+    writer, appender = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    migration = None
+    try:
+        await EventStore().insert_events(appender, deliveries()[:4])
+        # An append in flight: its transaction has written to profile_changes and not committed.
+        in_flight = writer.transaction()
+        await in_flight.start()
+        await writer.execute(
+            "INSERT INTO profile_changes (sdkappid, user_id, position, tag, event_time, received_at, new)"
+            " VALUES ($1, 'cy', 1000, 'Tag_Profile_IM_Nick', 1, now(), '\"c\"')",
+            SDKAPPID,
+        )
+        migration = asyncio.ensure_future(asyncio.to_thread(upgrade, empty_database_url, "0007"))
+        await wait_for_a_lock_wait(appender)
+        # While the migration waits for that transaction, another append projects into both
+        # tables: an index built inside the migration's transaction would lock it out.
+        await appender.execute("SET lock_timeout = '5s'")
+        await EventStore().insert_events(appender, deliveries()[4:])
+        await in_flight.commit()
+        await migration
+        indexes = await appender.fetch(PROJECTION_INDEXES)
+        assert {r["name"]: r["definition"].partition(" USING btree ")[2] for r in indexes} == {
+            "profiles_pkey": "(user_id, sdkappid, tag)",
+            "profile_changes_pkey": '(user_id, sdkappid, tag, event_time, "position")',
+            "profile_changes_by_user_time": '(user_id, sdkappid, event_time DESC, "position" DESC)',
+        }
+        assert all(r["valid"] for r in indexes)
+        assert await appender.fetchval("SELECT count(*) FROM profile_changes") == 2 * len(deliveries()) + 1
+        # And back: the same build, the other way round.
+        await asyncio.to_thread(command.downgrade, alembic_config(empty_database_url), "0006")
+        indexes = await appender.fetch(PROJECTION_INDEXES)
+        assert [r["definition"].partition(" USING btree (")[2][:17] for r in indexes] == [
+            "sdkappid, user_id"
+        ] * 3
+    finally:
+        if migration is not None and not migration.done():
+            await writer.close()  # ends the open transaction, so the migration can finish
+            await asyncio.gather(migration, return_exceptions=True)
+        await writer.close()
+        await appender.close()
