@@ -93,7 +93,7 @@ SELECT v.names, v.versions, p.tags, p.tag_values, p.updated_at, n.version
 # in the page, and only each tag's oldest row in the page looks its predecessor up along
 # profile_changes_pkey. The operator filter breaks that run: then every row looks it up.
 # {matches} selects the user's changes after the keyset ($7, $8), {key} is an event's key in the
-# order the page is read in, and {order} that order; HISTORY and HISTORY_OF_TAG fill them in.
+# order the page is read in, and {order} that order, descending; `_history` fills them in.
 _HISTORY = f"""
 SELECT v.names, v.versions, h.positions, h.event_times, h.received_ats, h.operators,
        h.platforms, h.client_ips, h.tags, h.olds, h.news,
@@ -134,17 +134,23 @@ SELECT v.names, v.versions, h.positions, h.event_times, h.received_ats, h.operat
                                 LIMIT 1)) page) p) h
 """
 
-_MATCHES = """c.sdkappid = $1 AND c.user_id = $2 AND {page}
+
+def _history(page: str, key: str) -> str:
+    """_HISTORY for the changes `page` selects (beyond the user, operator and time filters), read
+    newest first along `key`, an event's key (a comma-separated column list)."""
+    return _HISTORY.format(
+        matches=f"""c.sdkappid = $1 AND c.user_id = $2 AND {page}
                            AND ($4::text IS NULL OR c.operator_account = $4)
-                           AND c.event_time >= $5 AND c.event_time <= $6"""
+                           AND c.event_time >= $5 AND c.event_time <= $6""",
+        key=key,
+        order=", ".join(f"{column} DESC" for column in key.split(", ")),
+    )
+
 
 # Any tag, or the tag $3: along profile_changes_by_user_time.
-HISTORY = _HISTORY.format(
-    matches=_MATCHES.format(
-        page="($3::text IS NULL OR c.tag = $3) AND (c.event_time, c.position) < ($7, $8)"
-    ),
-    key="c.event_time, c.position",
-    order="c.event_time DESC, c.position DESC",
+HISTORY = _history(
+    "($3::text IS NULL OR c.tag = $3) AND (c.event_time, c.position) < ($7, $8)",
+    "c.event_time, c.position",
 )
 
 # One tag: along profile_changes_pkey, which holds each tag's changes in order. With `tag = $3`
@@ -152,12 +158,9 @@ HISTORY = _HISTORY.format(
 # by_user_time instead, filtering the tag: the time bounds' default estimates leave both indexes
 # at one row. A range on the tag and the tag in the page's order leave only the pkey able to give
 # that order without a sort; the tag is still bounded on both sides, so the scan stops at its end.
-HISTORY_OF_TAG = _HISTORY.format(
-    matches=_MATCHES.format(
-        page="(c.tag, c.event_time, c.position) < ($3::text, $7, $8) AND c.tag >= $3::text"
-    ),
-    key="c.tag, c.event_time, c.position",
-    order="c.tag DESC, c.event_time DESC, c.position DESC",
+HISTORY_OF_TAG = _history(
+    "(c.tag, c.event_time, c.position) < ($3::text, $7, $8) AND c.tag >= $3::text",
+    "c.tag, c.event_time, c.position",
 )
 
 EXPECTED_NAMES = sorted(REGISTRY)

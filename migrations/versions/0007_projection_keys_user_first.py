@@ -32,33 +32,31 @@ down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# (index, table, unique, columns after the two leading ones)
+# (index, table, whether it is the table's primary key, columns after the two leading ones)
 INDEXES = (
     ("profiles_pkey", "profiles", True, "tag"),
     ("profile_changes_pkey", "profile_changes", True, "tag, event_time, position"),
     ("profile_changes_by_user_time", "profile_changes", False, "event_time DESC, position DESC"),
 )
 
-SWAP = r"""
-ALTER TABLE profiles DROP CONSTRAINT profiles_pkey,
-    ADD CONSTRAINT profiles_pkey PRIMARY KEY USING INDEX profiles_pkey__rekeyed;
-ALTER TABLE profile_changes DROP CONSTRAINT profile_changes_pkey,
-    ADD CONSTRAINT profile_changes_pkey PRIMARY KEY USING INDEX profile_changes_pkey__rekeyed;
-DROP INDEX profile_changes_by_user_time;
-ALTER INDEX profile_changes_by_user_time__rekeyed RENAME TO profile_changes_by_user_time;
-"""
-
 
 def rekey(first: str, second: str) -> None:
     """Rebuild the projections' indexes with `first`, `second` leading, without blocking writes."""
     with op.get_context().autocommit_block():
-        for name, table, unique, rest in INDEXES:
+        for name, table, primary, rest in INDEXES:
             op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}__rekeyed")
             op.execute(
-                f"CREATE {'UNIQUE ' if unique else ''}INDEX CONCURRENTLY {name}__rekeyed"
+                f"CREATE {'UNIQUE ' if primary else ''}INDEX CONCURRENTLY {name}__rekeyed"
                 f" ON {table} ({first}, {second}, {rest})"
             )
-    execute_script(SWAP)
+    swap = [
+        f"ALTER TABLE {table} DROP CONSTRAINT {name},"
+        f" ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name}__rekeyed;"
+        if primary
+        else f"DROP INDEX {name}; ALTER INDEX {name}__rekeyed RENAME TO {name};"
+        for name, table, primary, _rest in INDEXES
+    ]
+    execute_script("\n".join(swap))
 
 
 def upgrade() -> None:
