@@ -5,7 +5,7 @@
 2. Fill each other projection's shadow table from the stage with set-based SQL; index them all.
    Steps 1 and 2 are split into jobs (a chunk, a fill, an index) that run on as many
    connections as the caller gives, so PostgreSQL can use more than one core.
-3. Under the append lock: re-derive the users touched since step 1 from the whole log, swap
+3. Once no vacuum holds the live tables, under the append lock: re-derive the users touched since step 1 from the whole log, swap
    the shadow tables in and record the projections' versions — all in one transaction, so
    readers see either the old or the new table, never an empty or half-built one.
 """
@@ -29,8 +29,11 @@ CHUNK = 250_000
 
 # The projection whose shadow table doubles as the stage: the stage has its columns.
 STAGED_IN = profile_changes.NAME
+# Autovacuum stays off the tables a rebuild writes: a worker vacuuming one holds a lock that a
+# DROP or RENAME of it waits for, a whole deadlock_timeout (1 s) before PostgreSQL cancels the worker.
+NO_AUTOVACUUM = "WITH (autovacuum_enabled = false)"
 # {kind}: UNLOGGED for the snapshot's stage (shared by the jobs), TEMP for the catch-up's tail.
-STAGE_DDL = "CREATE {kind} TABLE {stage} (LIKE profile_changes)"
+STAGE_DDL = "CREATE {kind} TABLE {stage} (LIKE profile_changes) " + NO_AUTOVACUUM
 
 EXTRACT_SQL = """
 INSERT INTO {stage} (sdkappid, user_id, position, tag, event_time, received_at,
@@ -118,7 +121,7 @@ async def rebuild_projections(
             await _recreate(
                 connection,
                 shadow,
-                f"CREATE TABLE {shadow} (LIKE {projection.table} INCLUDING DEFAULTS)",
+                f"CREATE TABLE {shadow} (LIKE {projection.table} INCLUDING DEFAULTS) {NO_AUTOVACUUM}",
             )
         staged_in = next((p for p in projections if p.name == STAGED_IN), None)
         if staged_in is None:
@@ -180,6 +183,11 @@ async def rebuild_projections(
 
         async with connection.transaction():
             await connection.execute("SET LOCAL synchronous_commit = on")
+            # Wait out a vacuum of a live table before taking the append lock, not while holding
+            # it: this lock lets appends and reads through and keeps autovacuum off until the swap.
+            await connection.execute(
+                f"LOCK TABLE {', '.join(p.table for p in projections)} IN SHARE UPDATE EXCLUSIVE MODE"
+            )
             head = int(await connection.fetchval("SELECT position FROM log_head FOR UPDATE"))
             if head > snapshot:
                 await _catch_up(connection, projections, snapshot, head)
@@ -289,8 +297,13 @@ async def _swap(connection: asyncpg.Connection[Any], projection: Projection) -> 
         )
     }
     names = [name for name, _ in await _shadow_indexes(connection, table)]
+    options = await connection.fetchval("SELECT reloptions FROM pg_class WHERE oid = $1::regclass", table)
     await connection.execute(f"DROP TABLE {table}")
     await connection.execute(f"ALTER TABLE {shadow} RENAME TO {table}")
+    # The storage parameters of the table it replaces, autovacuum on unless those turned it off.
+    await connection.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+    if options:
+        await connection.execute(f"ALTER TABLE {table} SET ({', '.join(options)})")
     for name in names:
         kind = constraints.get(name)
         if kind == "p":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -456,6 +458,58 @@ async def test_index_and_constraint_names_are_the_same_after_rebuilds(
             row["user_id"],
             row["tag"],
         )
+
+
+async def reloptions(db: asyncpg.Connection[Any], table: str) -> list[str] | None:
+    options: list[str] | None = await db.fetchval(
+        "SELECT reloptions FROM pg_class WHERE oid = $1::regclass", table
+    )
+    return options
+
+
+async def test_the_swap_waits_out_a_vacuum_without_holding_up_appends(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], database_url: str
+) -> None:
+    """Regression: the swap took the append lock, then waited for autovacuum to let go of a table."""
+    await seed(client, db)
+    await db.execute("ALTER TABLE profile_changes SET (autovacuum_vacuum_scale_factor = 0.02)")
+    # What a (auto)vacuum of profile_changes holds; a session holding it is not cancelled.
+    vacuum = await asyncpg.connect(asyncpg_dsn(database_url))
+    rebuild = ThreadedRebuild(database_url)
+    try:
+        transaction = vacuum.transaction()
+        await transaction.start()
+        await vacuum.execute("LOCK TABLE profile_changes IN SHARE UPDATE EXCLUSIVE MODE")
+        rebuild.start()
+        deadline = time.monotonic() + 60
+        while not await db.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND NOT granted)", rebuild.server_pid or 0
+        ):
+            assert time.monotonic() < deadline, f"the rebuild never waited for the vacuum: {rebuild.phases}"
+            await asyncio.sleep(0.01)
+        assert rebuild.phases[-1][0] == "build", "it waits at the swap, with every shadow table built"
+        for table in PROJECTION_TABLES:
+            assert await reloptions(db, f"{table}__shadow") == ["autovacuum_enabled=false"]
+
+        # Appends go on while the swap waits (the callback would answer 503 after 2 s otherwise).
+        late = Delivery("bob", 1_700_000_090_000, [("Tag_Profile_IM_Nick", "during the wait")])
+        await post_delivery(client, late)
+        await transaction.commit()
+        report = await rebuild.result()
+    finally:
+        await vacuum.close()
+
+    assert report.last_position == await db.fetchval("SELECT position FROM log_head")
+    await assert_matches_fold(client, db)  # the fold of the log includes the late delivery
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM profile_changes WHERE new = to_jsonb('during the wait'::text)"
+        )
+        == 1
+    )
+    # The swapped-in tables keep the replaced tables' storage parameters, autovacuum on.
+    assert await reloptions(db, "profile_changes") == ["autovacuum_vacuum_scale_factor=0.02"]
+    assert await reloptions(db, "profiles") is None
 
 
 # --- several connections ------------------------------------------------------------------------
