@@ -69,7 +69,8 @@ def rebuild_progress() -> Iterator[Callable[[str, int, int], None]]:
 PHASES = {
     "replay": "replaying events",
     "build": "building projections",
-    "swap": "catching up and swapping",
+    "catch-up": "catching up on new events",
+    "swap": "swapping in",
 }
 
 
@@ -226,7 +227,9 @@ def rebuild(
             typer.echo(
                 f"rebuilt {', '.join(report.projections)}: {report.events_replayed} events replayed"
                 f" in {report.seconds:.2f} s ({report.events_per_second:,.0f} events/s),"
-                f" up to position {report.last_position}"
+                f" up to position {report.last_position}; appends waited"
+                f" {report.append_lock_seconds:.2f} s for the swap and its last"
+                f" {report.events_caught_up_under_lock} events"
             )
 
         asyncio.run(run())

@@ -5,7 +5,9 @@
 2. Fill each other projection's shadow table from the stage with set-based SQL; index them all.
    Steps 1 and 2 are split into jobs (a chunk, a fill, an index) that run on as many
    connections as the caller gives, so PostgreSQL can use more than one core.
-3. Once no vacuum holds the live tables, under the append lock: re-derive the users touched since step 1 from the whole log, swap
+3. Catch up: re-derive the users touched since step 1 from the whole log, in rounds, while appends
+   go on, until the events left are few (or stop getting fewer).
+4. Once no vacuum holds the live tables, under the append lock: catch up the last events, swap
    the shadow tables in and record the projections' versions — all in one transaction, so
    readers see either the old or the new table, never an empty or half-built one.
 """
@@ -26,6 +28,13 @@ REBUILD_LOCK = "profile-audit:rebuild"
 STAGE = "profile_items__stage"
 TAIL_STAGE = "profile_items__tail"
 CHUNK = 250_000
+# Appends wait while the swap catches up; catching up a few hundred users takes milliseconds.
+LOCKED_TAIL = 200
+CATCH_UP_ROUNDS = 10
+
+# The replaced table is renamed and dropped after the swap: the commit of a DROP unlinks its
+# files, a few hundred milliseconds for a big table, and appends would wait for that.
+RETIRED = "__retired"
 
 # The projection whose shadow table doubles as the stage: the stage has its columns.
 STAGED_IN = profile_changes.NAME
@@ -76,6 +85,8 @@ class RebuildReport(msgspec.Struct, frozen=True):
     events_replayed: int
     last_position: int
     seconds: float
+    events_caught_up_under_lock: int = 0
+    append_lock_seconds: float = 0.0
 
     @property
     def events_per_second(self) -> float:
@@ -117,6 +128,7 @@ async def rebuild_projections(
         snapshot = int(await connection.fetchval("SELECT position FROM log_head"))
 
         for projection in projections:
+            await connection.execute(f"DROP TABLE IF EXISTS {projection.table}{RETIRED}")
             shadow = f"{projection.table}__shadow"
             await _recreate(
                 connection,
@@ -181,6 +193,18 @@ async def rebuild_projections(
 
         await _run_jobs(workers, [fill(p, f"{p.table}__shadow") for p in projections])
 
+        caught_up = snapshot
+        left = None
+        for _ in range(CATCH_UP_ROUNDS):
+            head = int(await connection.fetchval("SELECT position FROM log_head"))
+            if head - caught_up <= LOCKED_TAIL or (left is not None and head - caught_up >= left):
+                break
+            left = head - caught_up
+            report("catch-up", caught_up - snapshot, head - snapshot)
+            await _catch_up(connection, projections, caught_up, head)
+            caught_up = head
+            report("catch-up", caught_up - snapshot, head - snapshot)
+
         async with connection.transaction():
             await connection.execute("SET LOCAL synchronous_commit = on")
             # Wait out a vacuum of a live table before taking the append lock, not while holding
@@ -189,8 +213,9 @@ async def rebuild_projections(
                 f"LOCK TABLE {', '.join(p.table for p in projections)} IN SHARE UPDATE EXCLUSIVE MODE"
             )
             head = int(await connection.fetchval("SELECT position FROM log_head FOR UPDATE"))
-            if head > snapshot:
-                await _catch_up(connection, projections, snapshot, head)
+            locked_at = time.perf_counter()
+            if head > caught_up:
+                await _catch_up(connection, projections, caught_up, head)
             for projection in projections:
                 await _swap(connection, projection)
             await connection.executemany(
@@ -200,13 +225,18 @@ async def rebuild_projections(
                 " rebuilt_at = excluded.rebuilt_at",
                 [(p.name, p.version, head) for p in projections],
             )
+        unlocked_at = time.perf_counter()
         report("swap", 1, 1)
+        for projection in projections:
+            await connection.execute(f"DROP TABLE {projection.table}{RETIRED}")
         await connection.execute(f"DROP TABLE IF EXISTS {STAGE}")
         return RebuildReport(
             projections=[p.name for p in projections],
             events_replayed=head,
             last_position=head,
             seconds=time.perf_counter() - started,
+            events_caught_up_under_lock=head - caught_up,
+            append_lock_seconds=unlocked_at - locked_at,
         )
     finally:
         await connection.execute("SELECT pg_advisory_unlock(hashtext($1))", REBUILD_LOCK)
@@ -268,7 +298,7 @@ async def _shadow_indexes(connection: asyncpg.Connection[Any], table: str) -> li
 async def _catch_up(
     connection: asyncpg.Connection[Any], projections: list[Projection], snapshot: int, head: int
 ) -> None:
-    """Re-derive, from the whole log, every user touched by events after the snapshot."""
+    """Re-derive, from the log up to `head`, every user touched by events after `snapshot`."""
     await _recreate(connection, TAIL_STAGE, STAGE_DDL.format(kind="TEMP", stage=TAIL_STAGE))
     tail_extract = EXTRACT_SQL.format(stage=TAIL_STAGE) + (
         " AND (e.sdkappid, e.user_id) IN " + TOUCHED_USERS.format(param="$3")
@@ -298,7 +328,10 @@ async def _swap(connection: asyncpg.Connection[Any], projection: Projection) -> 
     }
     names = [name for name, _ in await _shadow_indexes(connection, table)]
     options = await connection.fetchval("SELECT reloptions FROM pg_class WHERE oid = $1::regclass", table)
-    await connection.execute(f"DROP TABLE {table}")
+    await connection.execute(f"ALTER TABLE {table} RENAME TO {table}{RETIRED}")
+    await connection.execute(f"ALTER TABLE {table}{RETIRED} SET (autovacuum_enabled = false)")
+    for name in names:  # renames the constraint of a constraint's index too
+        await connection.execute(f"ALTER INDEX {name} RENAME TO {name}{RETIRED}")
     await connection.execute(f"ALTER TABLE {shadow} RENAME TO {table}")
     # The storage parameters of the table it replaces, autovacuum on unless those turned it off.
     await connection.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")

@@ -291,10 +291,10 @@ async def catalog(connection: asyncpg.Connection[Any]) -> dict[str, Any]:
 
 
 async def leftover_tables(connection: asyncpg.Connection[Any]) -> list[str]:
-    """Shadow or staging relations a rebuild left behind."""
+    """Shadow, staging or replaced relations a rebuild left behind."""
     rows = await connection.fetch(
-        "SELECT relname FROM pg_class WHERE relname LIKE '%\\_\\_shadow%' OR relname LIKE 'profile\\_items\\_\\_%'"
-        " ORDER BY 1"
+        "SELECT relname FROM pg_class WHERE relname LIKE '%\\_\\_shadow%' OR relname LIKE '%\\_\\_retired%'"
+        " OR relname LIKE 'profile\\_items\\_\\_%' ORDER BY 1"
     )
     return [r["relname"] for r in rows]
 

@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient
 
 from app.config import asyncpg_dsn
 from app.projections import REGISTRY
-from app.rebuild import REBUILD_LOCK, RebuildBusy, rebuild_projections
+from app.rebuild import LOCKED_TAIL, REBUILD_LOCK, RebuildBusy, rebuild_projections
 from tests.conftest import AUTH, OTHER_SDKAPPID, SDKAPPID, cli_env, fixture_deliveries, run_cli
 from tests.profile_helpers import (
     PROJECTION_TABLES,
@@ -432,6 +432,21 @@ async def test_leftovers_of_an_interrupted_rebuild_do_not_break_the_next(
     assert await tables(db) == rows_before and await catalog(db) == names_before
     assert await leftover_tables(db) == []
 
+    # 4. A run that dies after its swap committed, before it dropped the tables it replaced.
+    swapped = ThreadedRebuild(
+        database_url, pause_when=lambda phase, done, total: phase == "swap", fail_on_resume=True
+    )
+    swapped.start()
+    await swapped.wait_paused()
+    swapped.resume()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        await swapped.result()
+    assert "profile_changes__retired" in await leftover_tables(db)
+    assert await snapshot(client, users) == before and await catalog(db) == names_before
+    await rebuild_projections(db)
+    assert await tables(db) == rows_before and await catalog(db) == names_before
+    assert await leftover_tables(db) == []
+
 
 async def test_index_and_constraint_names_are_the_same_after_rebuilds(
     client: AsyncTestClient[Any], db: asyncpg.Connection[Any]
@@ -510,6 +525,48 @@ async def test_the_swap_waits_out_a_vacuum_without_holding_up_appends(
     # The swapped-in tables keep the replaced tables' storage parameters, autovacuum on.
     assert await reloptions(db, "profile_changes") == ["autovacuum_vacuum_scale_factor=0.02"]
     assert await reloptions(db, "profiles") is None
+
+
+async def test_a_long_tail_is_caught_up_while_appends_go_on(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], database_url: str
+) -> None:
+    """Regression: the whole tail was caught up under the append lock, past the callback deadline."""
+    await seed(client, db)
+    rebuild = ThreadedRebuild(
+        database_url, pause_when=lambda phase, done, total: phase == "build" and done == total
+    )
+    blocker = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        rebuild.start()
+        await rebuild.wait_paused()  # every shadow table built up to the snapshot
+        tail = random_deliveries(random.Random(8), [*ODD_USERS, "tail-user"], LOCKED_TAIL + 50)
+        await append(db, tail)
+        # Hold the catch-up at its first write to the history's shadow table.
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE profile_changes__shadow IN SHARE MODE")
+        rebuild.resume()
+        deadline = time.monotonic() + 60
+        while not await db.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND NOT granted)", rebuild.server_pid or 0
+        ):
+            assert time.monotonic() < deadline, (
+                f"the catch-up never reached the blocked table: {rebuild.phases}"
+            )
+            await asyncio.sleep(0.01)
+        assert rebuild.phases[-1][0] == "catch-up"
+
+        late = Delivery("bob", 1_700_000_090_000, [("Tag_Profile_IM_Nick", "during the catch-up")])
+        await post_delivery(client, late)  # 503 if the catch-up held the append lock
+        await transaction.commit()
+        report = await rebuild.result()
+    finally:
+        await blocker.close()
+
+    # The tail was caught up before the swap; appends waited only for the delivery made meanwhile.
+    assert report.events_caught_up_under_lock == 1
+    assert report.last_position == await db.fetchval("SELECT position FROM log_head")
+    await assert_matches_fold(client, db)
 
 
 # --- several connections ------------------------------------------------------------------------
