@@ -5,8 +5,8 @@
 2. Fill each other projection's shadow table from the stage with set-based SQL; index them all.
    Steps 1 and 2 are split into jobs (a chunk, a fill, an index) that run on as many
    connections as the caller gives, so PostgreSQL can use more than one core.
-3. Catch up: re-derive the users touched since step 1 from the whole log, in rounds, while appends
-   go on, until the events left are few (or stop getting fewer).
+3. Catch up: apply the events appended since step 1 to the shadow tables, as the inline
+   projection applies a batch, in rounds while appends go on, until the events left are few.
 4. Once no vacuum holds the live tables, under the append lock: catch up the last events, swap
    the shadow tables in and record the projections' versions — all in one transaction, so
    readers see either the old or the new table, never an empty or half-built one.
@@ -28,7 +28,8 @@ REBUILD_LOCK = "profile-audit:rebuild"
 STAGE = "profile_items__stage"
 TAIL_STAGE = "profile_items__tail"
 CHUNK = 250_000
-# Appends wait while the swap catches up; catching up a few hundred users takes milliseconds.
+# Appends wait while the swap catches up; applying a few hundred events takes milliseconds. A round
+# applies events many times faster than callbacks bring them, so the rounds end well before their cap.
 LOCKED_TAIL = 200
 CATCH_UP_ROUNDS = 10
 
@@ -55,11 +56,6 @@ SELECT e.sdkappid, e.user_id, e.position, i.tag, e.event_time, e.received_at,
  CROSS JOIN LATERAL profile_items(d.doc) i
  WHERE e.command = 'Profile.CallbackPortraitSet' AND e.position > $1 AND e.position <= $2
 """
-
-# Users with events after the snapshot position (the query parameter named by {param}).
-TOUCHED_USERS = (
-    "(SELECT DISTINCT sdkappid, user_id FROM events WHERE position > {param} AND user_id IS NOT NULL)"
-)
 
 Progress = Callable[[str, int, int], None]
 # A unit of rebuild work on one connection; returns the jobs it makes possible.
@@ -194,12 +190,10 @@ async def rebuild_projections(
         await _run_jobs(workers, [fill(p, f"{p.table}__shadow") for p in projections])
 
         caught_up = snapshot
-        left = None
         for _ in range(CATCH_UP_ROUNDS):
             head = int(await connection.fetchval("SELECT position FROM log_head"))
-            if head - caught_up <= LOCKED_TAIL or (left is not None and head - caught_up >= left):
+            if head - caught_up <= LOCKED_TAIL:
                 break
-            left = head - caught_up
             report("catch-up", caught_up - snapshot, head - snapshot)
             await _catch_up(connection, projections, caught_up, head)
             caught_up = head
@@ -296,21 +290,14 @@ async def _shadow_indexes(connection: asyncpg.Connection[Any], table: str) -> li
 
 
 async def _catch_up(
-    connection: asyncpg.Connection[Any], projections: list[Projection], snapshot: int, head: int
+    connection: asyncpg.Connection[Any], projections: list[Projection], after: int, head: int
 ) -> None:
-    """Re-derive, from the log up to `head`, every user touched by events after `snapshot`."""
+    """Apply the events at positions (`after`, `head`] to the shadow tables."""
     await _recreate(connection, TAIL_STAGE, STAGE_DDL.format(kind="TEMP", stage=TAIL_STAGE))
-    tail_extract = EXTRACT_SQL.format(stage=TAIL_STAGE) + (
-        " AND (e.sdkappid, e.user_id) IN " + TOUCHED_USERS.format(param="$3")
-    )
-    await connection.execute(tail_extract, 0, head, snapshot)
+    await connection.execute(EXTRACT_SQL.format(stage=TAIL_STAGE), after, head)
     for projection in projections:
         shadow = f"{projection.table}__shadow"
-        await connection.execute(
-            f"DELETE FROM {shadow} s WHERE (s.sdkappid, s.user_id) IN " + TOUCHED_USERS.format(param="$1"),
-            snapshot,
-        )
-        await connection.execute(projection.fill_sql.format(target=shadow, stage=TAIL_STAGE))
+        await connection.execute(projection.catch_up_sql.format(target=shadow, stage=TAIL_STAGE))
     await connection.execute(f"DROP TABLE {TAIL_STAGE}")
 
 

@@ -5,7 +5,8 @@ A change's `old` is not stored: it is the `new` of the same tag's previous chang
 up there (app/queries.py). So a late delivery that lands between two earlier ones is an insert like
 any other. Applied inline, batch by batch, by the SQL function `project_events` (migrations).
 A rebuild extracts the log's items straight into this table's shadow, which the other projections
-then read as their stage (app/rebuild.py); FILL_SQL copies from a separate stage.
+then read as their stage (app/rebuild.py); FILL_SQL copies from a separate stage, and so does
+CATCH_UP_SQL: the changes of later events are new rows like any other.
 """
 
 NAME = "profile_changes"
@@ -19,3 +20,5 @@ SELECT sdkappid, user_id, position, tag, event_time, received_at,
        operator_account, opt_platform, client_ip, new
   FROM {stage}
 """
+
+CATCH_UP_SQL = FILL_SQL

@@ -8,20 +8,22 @@ import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+from unittest.mock import patch
 from urllib.parse import quote
 
 import asyncpg
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 
+from app import rebuild as rebuild_module
 from app.app import create_app
 from app.config import asyncpg_dsn
 from app.eventstore import EventStore
 from app.ingest import decode_callback
 from app.rebuild import rebuild_projections
 from tests.conftest import AUTH, SDKAPPID, make_settings
-from tests.profile_helpers import fold_from_log
+from tests.profile_helpers import ThreadedRebuild, fold_from_log
 from tests.reference import ReferenceFold
 
 USERS = ["alice", "bob/1"]
@@ -194,3 +196,60 @@ def test_batched_appends_agree_with_the_fold(
 ) -> None:
     """Group commit appends many deliveries at once: late ones inside a batch must fold right."""
     asyncio.run(run_scenario(database_url, deliveries, cuts))
+
+
+async def run_rebuild_with_tail(
+    database_url: str, deliveries: list[tuple[str, int, str, list[tuple[str, Any]]]], split: int, rounds: bool
+) -> None:
+    """Append up to `split`, rebuild, and append the rest while the shadow tables stand built."""
+    prefix = uuid.uuid4().hex[:8] + ":"
+    users = sorted({prefix + user for user, *_ in deliveries})
+    deliveries = [(prefix + user, t, o, c) for user, t, o, c in deliveries]
+    await append_in_batches(database_url, deliveries[:split], [])
+    rebuild = ThreadedRebuild(
+        database_url, pause_when=lambda phase, done, total: phase == "build" and done == total
+    )
+    # LOCKED_TAIL 0: every event of the tail is caught up in a round before the swap.
+    with patch.object(rebuild_module, "LOCKED_TAIL", 0 if rounds else rebuild_module.LOCKED_TAIL):
+        rebuild.start()
+        await rebuild.wait_paused()
+        connection = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            snapshot = await connection.fetchval("SELECT position FROM log_head")
+            await append_in_batches(database_url, deliveries[split:], [])
+            head = await connection.fetchval("SELECT position FROM log_head")
+            rebuild.resume()
+            report = await rebuild.result()
+            assert report.last_position == head
+            assert report.events_caught_up_under_lock == (0 if rounds else head - snapshot)
+            fold = await fold_from_log(connection)
+        finally:
+            await connection.close()
+    app = create_app(make_settings(database_url, sdkappids=(SDKAPPID,)))
+    async with AsyncTestClient(app=app) as client:
+        assert await read_answers(client, users) == reference_answers(fold, users), "caught-up projections"
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(deliveries=scenarios(), data=st.data(), rounds=st.booleans())
+@example(
+    deliveries=[
+        ("alice", 10, "op", [("Tag_Profile_IM_Nick", "new")]),
+        ("alice", 5, "op", [("Tag_Profile_IM_Nick", "old")]),
+    ],
+    data=None,
+    rounds=True,
+)
+def test_a_rebuild_catches_up_on_deliveries_made_while_it_ran(
+    database_url: str,
+    deliveries: list[tuple[str, int, str, list[tuple[str, Any]]]],
+    data: st.DataObject | None,
+    rounds: bool,
+) -> None:
+    """Late deliveries and ties in the tail must fold as they do inline, in rounds or in the swap."""
+    split = 1 if data is None else data.draw(st.integers(0, len(deliveries)), label="split")
+    asyncio.run(run_rebuild_with_tail(database_url, deliveries, split, rounds))
