@@ -22,6 +22,7 @@ from bench.suiteresult import SuiteResult
 from bench.suitesteps import (
     append_section,
     ingest_section,
+    live_rebuild_section,
     read_section,
     rebuild_case,
     self_check,
@@ -32,7 +33,7 @@ from bench.wrk import Load, WrkMissing, ensure_wrk, wrk_version
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("check", "ingest", "sweep", "appends", "rebuild", "reads")
+SECTIONS = ("check", "ingest", "sweep", "appends", "rebuild", "reads", "live-rebuild")
 QUICK = {
     "events": 20_000,
     "flat_events": 5_000,
@@ -139,6 +140,8 @@ def _run(args: argparse.Namespace, server: DatabaseServer, result: SuiteResult, 
         if section("reads") and result.big_log_url:
             users = min(args.users, args.events)
             result.reads = read_section(result.big_log_url, args.events, users, args, wrk, pid, work, console)
+        if section("live-rebuild") and result.big_log_url:
+            result.live_rebuild = live_rebuild_section(result.big_log_url, args, wrk, pid, work, console)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

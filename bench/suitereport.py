@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bench.memory import ProcessMemory
 from bench.readbench import ENDPOINTS, ReadRun
+from bench.rebuildbench import REPORTED
 from bench.report import FACT_KEYS, HEADERS, legend, load_line, ratio_lines, rows
 from bench.suiteresult import SuiteResult
 
@@ -155,6 +156,12 @@ def _targets(result: SuiteResult) -> list[str]:
             f"rebuild of {case.load.events:,} events: projection row counts"
             f" {'as generated' if case.counts_ok else 'WRONG'}"
         )
+    if result.live_rebuild is not None:
+        refused = result.live_rebuild.callbacks_refused
+        checks.append(
+            f"rebuild while callbacks arrive: {refused} of {result.live_rebuild.ingest.sent:,} callbacks"
+            f" refused → {'PASS' if refused == 0 else 'FAIL'}"
+        )
     return lines + [f"- {line}" for line in checks] + [""]
 
 
@@ -254,6 +261,46 @@ def _rebuild(result: SuiteResult) -> list[str]:
         phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in case.run.phases)
         lines.append(f"- {case.load.events:,} events: {phases}")
     return [*lines, ""]
+
+
+def _live_rebuild(result: SuiteResult) -> list[str]:
+    live = result.live_rebuild
+    if live is None:
+        return []
+    run, ingest = live.rebuild, live.ingest
+    lines = [
+        "## Rebuild while callbacks arrive",
+        "",
+        f"The big log rebuilt again (`profile-audit rebuild`, as above) while `profile-audit serve"
+        f" --workers {result.settings.get('workers')}` takes new deliveries from wrk (`bench/ingest.lua`,"
+        f" {live.connections} connections, closed loop) from 3 s before the rebuild starts until 3 s"
+        " after it ends. The rebuild catches up on the callbacks stored meanwhile in rounds, then holds"
+        " the append lock for the last few and the swap; a callback that waits longer than 2 s for its"
+        " commit is answered 503. The append-lock figures are the ones the rebuild prints.",
+        "",
+    ]
+    replayed = REPORTED.search(run.output)
+    body = [
+        [
+            f"{run.wall_seconds:.1f} s",
+            f"{int(replayed['events']):,}" if replayed else "–",
+            f"{ingest.requests:,} ({ingest.rps:,.0f}/s)",
+            f"{live.callbacks_refused}",
+            f"{ingest.latency_us.p99 / 1000:.1f} / {ingest.latency_us.max / 1000:.0f}",
+            f"{live.append_lock_seconds:.2f} s" if live.append_lock_seconds is not None else "–",
+            f"{live.events_caught_up_under_lock}" if live.events_caught_up_under_lock is not None else "–",
+        ]
+    ]
+    headers = [
+        "rebuild wall",
+        "events replayed",
+        "callbacks answered",
+        "refused (non-2xx + socket errors)",
+        "callback p99 / max ms",
+        "appends waited for the swap",
+        "events caught up under the append lock",
+    ]
+    return [*lines, *_table(headers, body)]
 
 
 def _reads(result: SuiteResult) -> list[str]:
@@ -431,6 +478,7 @@ def markdown(result: SuiteResult) -> str:
         _ingest(result),
         _sweep(result),
         _rebuild(result),
+        _live_rebuild(result),
         _reads(result),
         _appends(result),
         _memory(result),

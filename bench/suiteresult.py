@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.escompare import AppendRun
+from bench.liverebuild import LiveRebuild
 from bench.suitesteps import IngestSection, ReadSection, RebuildCase, SelfCheck
 from bench.sweep import SweepPoint
 
@@ -30,12 +31,16 @@ class SuiteResult:
     rebuilds: list[RebuildCase] = field(default_factory=list)
     big_log_url: str | None = None
     reads: ReadSection | None = None
+    live_rebuild: LiveRebuild | None = None
     seconds: float = 0.0
 
     @property
     def checks_passed(self) -> bool:
-        """The self-check, the ingest log check and the rebuilt row counts all passed (when run)."""
+        """The self-check, the ingest log check, the rebuilt row counts and the callbacks during a
+        rebuild all passed (when run)."""
         ok = self.check is None or self.check.passed
         if self.ingest is not None and self.ingest.correctness is not None:
             ok = ok and self.ingest.correctness.passed
+        if self.live_rebuild is not None:
+            ok = ok and self.live_rebuild.callbacks_refused == 0
         return ok and all(case.counts_ok for case in self.rebuilds)

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 from rich.console import Console
@@ -16,6 +17,7 @@ from bench import cli as ingest_cli
 from bench.correctness import Correctness
 from bench.database import DatabaseServer, vacuum_analyze
 from bench.escompare import AppendRun, run_eventsourcing, run_ours
+from bench.liverebuild import LiveRebuild, rebuild_while_ingesting
 from bench.loadlog import LoadReport, load_log, table_counts, verify
 from bench.logdata import BASE_EVENT_TIME_MS, SDKAPPID, STEP_MS
 from bench.memory import ProcessMemory, server_memory
@@ -236,3 +238,36 @@ def read_section(
     finally:
         running.stop()
     return ReadSection(runs, workers)
+
+
+def live_rebuild_section(
+    url: str,
+    args: argparse.Namespace,
+    wrk: str,
+    postmaster_pid: int | None,
+    workdir: Path,
+    console: Console,
+) -> LiveRebuild:
+    """The big log rebuilt again while `serve --workers N` takes callbacks as fast as it answers."""
+    database = urlsplit(url).path.lstrip("/")
+    events = table_counts(url)["events"]
+    console.print(
+        f"suite: rebuilding {events:,} events while callbacks arrive ({args.connections} connections)…"
+    )
+    run = rebuild_while_ingesting(
+        url,
+        database,
+        SDKAPPID,
+        events,
+        workers=args.workers,
+        connections=args.connections,
+        wrk=wrk,
+        postmaster_pid=postmaster_pid,
+        log_path=args.results_dir / f"{args.stamp}-live-rebuild.log",
+        workdir=workdir,
+    )
+    console.print(
+        f"suite: rebuild {run.rebuild.wall_seconds:.1f} s; {run.ingest.requests:,} callbacks,"
+        f" {run.callbacks_refused} refused; appends waited {run.append_lock_seconds} s for the swap"
+    )
+    return run

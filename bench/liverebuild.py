@@ -1,0 +1,89 @@
+"""A rebuild of the big log while `serve` takes callbacks as fast as it answers them."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.rebuildbench import RebuildRun, run_rebuild
+from bench.servers import Running, free_port, real_target
+from bench.wrk import Load, WrkResult, finish_wrk, start_wrk, wrk_command
+
+LOCK_REPORTED = re.compile(
+    r"appends waited (?P<seconds>[\d.]+) s for the swap and its last (?P<events>\d+) events"
+)
+WARMUP_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class LiveRebuild:
+    """The rebuild, the callbacks posted across it, and how long appends waited for its swap."""
+
+    connections: int
+    rebuild: RebuildRun
+    ingest: WrkResult
+    ingest_seconds: float
+    append_lock_seconds: float | None
+    events_caught_up_under_lock: int | None
+
+    @property
+    def callbacks_refused(self) -> int:
+        """Callbacks answered with anything but 2xx, or not answered because of a socket error."""
+        return self.ingest.non_2xx + self.ingest.socket_errors
+
+
+def rebuild_while_ingesting(
+    url: str,
+    database: str,
+    sdkappid: int,
+    events: int,
+    *,
+    workers: int,
+    connections: int,
+    wrk: str,
+    postmaster_pid: int | None,
+    log_path: Path,
+    workdir: Path,
+) -> LiveRebuild:
+    """Closed-loop callbacks from before the rebuild starts until after it has swapped."""
+    port = free_port()
+    running = Running(real_target(port, workers, url, sdkappid), port, log_path, workdir)
+    load = Load(connections, min(2, connections), 0, 0, 10, 1000)
+    try:
+        running.wait_ready()
+        # Longer than any rebuild here; wrk is stopped (SIGINT, it then reports) once it is over.
+        command = wrk_command(
+            wrk, running.url, load, 3600, secrets.token_hex(3) + "l", int(time.time() * 1000)
+        )
+        began = time.monotonic()
+        process = start_wrk(command)
+        try:
+            time.sleep(WARMUP_SECONDS)  # the callbacks' rate has settled before the rebuild starts
+            rebuild = run_rebuild(url, database, sdkappid, events, postmaster_pid, workdir)
+            time.sleep(WARMUP_SECONDS)  # and they go on after it
+            process.send_signal(signal.SIGINT)
+            ingest = finish_wrk(process)
+        finally:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                process.wait()
+        ingest_seconds = time.monotonic() - began
+    finally:
+        running.stop()
+    if rebuild.exit_status != 0:
+        raise RuntimeError(f"profile-audit rebuild exited {rebuild.exit_status}:\n{rebuild.output}")
+    reported = LOCK_REPORTED.search(rebuild.output)
+    return LiveRebuild(
+        connections=connections,
+        rebuild=rebuild,
+        ingest=ingest,
+        ingest_seconds=ingest_seconds,
+        append_lock_seconds=float(reported["seconds"]) if reported else None,
+        events_caught_up_under_lock=int(reported["events"]) if reported else None,
+    )
