@@ -5,11 +5,11 @@
 2. Fill each other projection's shadow table from the stage with set-based SQL; index them all.
    Steps 1 and 2 are split into jobs (a chunk, a fill, an index) that run on as many
    connections as the caller gives, so PostgreSQL can use more than one core.
-3. Catch up: apply the events appended since step 1 to the shadow tables, as the inline
-   projection applies a batch, in rounds while appends go on, until the events left are few.
-4. Once no vacuum holds the live tables, under the append lock: catch up the last events, swap
-   the shadow tables in and record the projections' versions — all in one transaction, so
-   readers see either the old or the new table, never an empty or half-built one.
+3. In one transaction: wait until no vacuum holds the live tables; catch up, applying the events
+   appended since step 1 to the shadow tables as the inline projection applies a batch, in rounds
+   while appends go on, until the events left are few; then, under the append lock, apply those,
+   swap the shadow tables in and record the projections' versions. Readers see either the old or
+   the new table, never an empty or half-built one.
 """
 
 from __future__ import annotations
@@ -189,16 +189,6 @@ async def rebuild_projections(
 
         await _run_jobs(workers, [fill(p, f"{p.table}__shadow") for p in projections])
 
-        caught_up = snapshot
-        for _ in range(CATCH_UP_ROUNDS):
-            head = int(await connection.fetchval("SELECT position FROM log_head"))
-            if head - caught_up <= LOCKED_TAIL:
-                break
-            report("catch-up", caught_up - snapshot, head - snapshot)
-            await _catch_up(connection, projections, caught_up, head)
-            caught_up = head
-            report("catch-up", caught_up - snapshot, head - snapshot)
-
         async with connection.transaction():
             await connection.execute("SET LOCAL synchronous_commit = on")
             # Wait out a vacuum of a live table before taking the append lock, not while holding
@@ -206,6 +196,15 @@ async def rebuild_projections(
             await connection.execute(
                 f"LOCK TABLE {', '.join(p.table for p in projections)} IN SHARE UPDATE EXCLUSIVE MODE"
             )
+            caught_up = snapshot
+            for _ in range(CATCH_UP_ROUNDS):
+                head = int(await connection.fetchval("SELECT position FROM log_head"))
+                if head - caught_up <= LOCKED_TAIL:
+                    break
+                report("catch-up", caught_up - snapshot, head - snapshot)
+                await _catch_up(connection, projections, caught_up, head)
+                caught_up = head
+                report("catch-up", caught_up - snapshot, head - snapshot)
             head = int(await connection.fetchval("SELECT position FROM log_head FOR UPDATE"))
             locked_at = time.perf_counter()
             if head > caught_up:

@@ -509,11 +509,14 @@ async def test_the_swap_waits_out_a_vacuum_without_holding_up_appends(
         # Appends go on while the swap waits (the callback would answer 503 after 2 s otherwise).
         late = Delivery("bob", 1_700_000_090_000, [("Tag_Profile_IM_Nick", "during the wait")])
         await post_delivery(client, late)
+        await append(db, random_deliveries(random.Random(9), ODD_USERS, LOCKED_TAIL + 50))
         await transaction.commit()
         report = await rebuild.result()
     finally:
         await vacuum.close()
 
+    # What arrived during the wait was caught up after it, before the append lock was taken.
+    assert report.events_caught_up_under_lock == 0
     assert report.last_position == await db.fetchval("SELECT position FROM log_head")
     await assert_matches_fold(client, db)  # the fold of the log includes the late delivery
     assert (
