@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
 import signal
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from bench.rebuildbench import RebuildRun, run_rebuild
 from bench.servers import Running, free_port, real_target
-from bench.wrk import Load, WrkResult, finish_wrk, start_wrk, wrk_command
+from bench.wrk import Load, WrkResult, finish_wrk, kill_wrk, start_wrk, wrk_command
 
 LOCK_REPORTED = re.compile(
     r"appends waited (?P<seconds>[\d.]+) s for the swap and its last (?P<events>\d+) events"
@@ -69,10 +68,7 @@ def rebuild_while_ingesting(
             process.send_signal(signal.SIGINT)
             ingest = finish_wrk(process)
         finally:
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                process.wait()
+            kill_wrk(process)
         ingest_seconds = time.monotonic() - began
     finally:
         running.stop()

@@ -13,7 +13,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 
 from bench.cpu import CpuMeter, tree
 from bench.servers import Running
-from bench.wrk import Load, WrkResult, finish_wrk, start_wrk, wrk_command
+from bench.wrk import Load, WrkResult, finish_wrk, kill_wrk, start_wrk, wrk_command
 
 SCRIPT = Path(__file__).resolve().parent / "reads.lua"
 ENDPOINTS = {
@@ -132,8 +132,5 @@ def measure_reads(
         cpu = meter.stop(time.monotonic() - began, children_label="read wrk")
         ingested = finish_wrk(ingest_process)
     finally:
-        if ingest_process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                ingest_process.kill()
-            ingest_process.wait()
+        kill_wrk(ingest_process)
     return ReadRun(scenario, ingest, ingested, reads, cpu, split)

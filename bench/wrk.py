@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -162,6 +163,14 @@ def run_wrk(command: list[str]) -> WrkResult:
 def start_wrk(command: list[str]) -> subprocess.Popen[str]:
     """Start wrk in the background (several can run at once)."""
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_wrk(process: subprocess.Popen[str]) -> None:
+    """Kill a started wrk that is still running (a measurement failed part-way)."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait()
 
 
 def finish_wrk(process: subprocess.Popen[str]) -> WrkResult:

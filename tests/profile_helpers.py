@@ -392,6 +392,15 @@ class ThreadedRebuild:
     def resume(self) -> None:
         self._resume.set()
 
+    async def wait_for_lock(self, connection: asyncpg.Connection[Any]) -> None:
+        """Until the rebuild's session waits for a lock (polled on `connection`)."""
+        deadline = time.monotonic() + 60
+        while not await connection.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND NOT granted)", self.server_pid or 0
+        ):
+            assert time.monotonic() < deadline, f"the rebuild never waited for a lock: {self.phases}"
+            await asyncio.sleep(0.01)
+
     async def result(self) -> RebuildReport:
         assert self._task is not None
         return await self._task

@@ -199,15 +199,19 @@ def test_batched_appends_agree_with_the_fold(
 
 
 async def run_rebuild_with_tail(
-    database_url: str, deliveries: list[tuple[str, int, str, list[tuple[str, Any]]]], split: int, rounds: bool
+    database_url: str,
+    deliveries: list[tuple[str, int, str, list[tuple[str, Any]]]],
+    split: int,
+    rounds: bool,
+    names: tuple[str, ...] = (),
 ) -> None:
-    """Append up to `split`, rebuild, and append the rest while the shadow tables stand built."""
+    """Append up to `split`, rebuild `names`, and append the rest while the shadow tables stand built."""
     prefix = uuid.uuid4().hex[:8] + ":"
     users = sorted({prefix + user for user, *_ in deliveries})
     deliveries = [(prefix + user, t, o, c) for user, t, o, c in deliveries]
     await append_in_batches(database_url, deliveries[:split], [])
     rebuild = ThreadedRebuild(
-        database_url, pause_when=lambda phase, done, total: phase == "build" and done == total
+        database_url, names, pause_when=lambda phase, done, total: phase == "build" and done == total
     )
     # LOCKED_TAIL 0: every event of the tail is caught up in a round before the swap.
     with patch.object(rebuild_module, "LOCKED_TAIL", 0 if rounds else rebuild_module.LOCKED_TAIL):
@@ -235,7 +239,12 @@ async def run_rebuild_with_tail(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(deliveries=scenarios(), data=st.data(), rounds=st.booleans())
+@given(
+    deliveries=scenarios(),
+    data=st.data(),
+    rounds=st.booleans(),
+    names=st.sampled_from([(), ("profiles",), ("profile_changes",)]),
+)
 @example(
     deliveries=[
         ("alice", 10, "op", [("Tag_Profile_IM_Nick", "new")]),
@@ -243,13 +252,15 @@ async def run_rebuild_with_tail(
     ],
     data=None,
     rounds=True,
+    names=("profiles",),
 )
 def test_a_rebuild_catches_up_on_deliveries_made_while_it_ran(
     database_url: str,
     deliveries: list[tuple[str, int, str, list[tuple[str, Any]]]],
     data: st.DataObject | None,
     rounds: bool,
+    names: tuple[str, ...],
 ) -> None:
     """Late deliveries and ties in the tail must fold as they do inline, in rounds or in the swap."""
     split = 1 if data is None else data.draw(st.integers(0, len(deliveries)), label="split")
-    asyncio.run(run_rebuild_with_tail(database_url, deliveries, split, rounds))
+    asyncio.run(run_rebuild_with_tail(database_url, deliveries, split, rounds, names))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import secrets
-import time
 from pathlib import Path
 from typing import Any
 
@@ -496,12 +494,7 @@ async def test_the_swap_waits_out_a_vacuum_without_holding_up_appends(
         await transaction.start()
         await vacuum.execute("LOCK TABLE profile_changes IN SHARE UPDATE EXCLUSIVE MODE")
         rebuild.start()
-        deadline = time.monotonic() + 60
-        while not await db.fetchval(
-            "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND NOT granted)", rebuild.server_pid or 0
-        ):
-            assert time.monotonic() < deadline, f"the rebuild never waited for the vacuum: {rebuild.phases}"
-            await asyncio.sleep(0.01)
+        await rebuild.wait_for_lock(db)
         assert rebuild.phases[-1][0] == "build", "it waits at the swap, with every shadow table built"
         for table in PROJECTION_TABLES:
             assert await reloptions(db, f"{table}__shadow") == ["autovacuum_enabled=false"]
@@ -549,14 +542,7 @@ async def test_a_long_tail_is_caught_up_while_appends_go_on(
         await transaction.start()
         await blocker.execute("LOCK TABLE profile_changes__shadow IN SHARE MODE")
         rebuild.resume()
-        deadline = time.monotonic() + 60
-        while not await db.fetchval(
-            "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND NOT granted)", rebuild.server_pid or 0
-        ):
-            assert time.monotonic() < deadline, (
-                f"the catch-up never reached the blocked table: {rebuild.phases}"
-            )
-            await asyncio.sleep(0.01)
+        await rebuild.wait_for_lock(db)
         assert rebuild.phases[-1][0] == "catch-up"
 
         late = Delivery("bob", 1_700_000_090_000, [("Tag_Profile_IM_Nick", "during the catch-up")])
