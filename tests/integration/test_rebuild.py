@@ -558,6 +558,47 @@ async def test_a_long_tail_is_caught_up_while_appends_go_on(
     await assert_matches_fold(client, db)
 
 
+async def test_a_rebuild_interrupted_while_catching_up_leaves_the_live_tables(
+    client: AsyncTestClient[Any], db: asyncpg.Connection[Any], database_url: str
+) -> None:
+    """The catch-up rounds run in the swap's transaction: a run stopped there changes nothing."""
+    users = await seed(client, db)
+    crashed = ThreadedRebuild(
+        database_url,
+        pause_when=lambda phase, done, total: phase == "catch-up" and done == total > 0,
+        fail_on_resume=True,
+    )
+    vacuum = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        # Hold the run before its catch-up (as a vacuum would) while a long tail is appended.
+        transaction = vacuum.transaction()
+        await transaction.start()
+        await vacuum.execute("LOCK TABLE profile_changes IN SHARE UPDATE EXCLUSIVE MODE")
+        crashed.start()
+        await crashed.wait_for_lock(db)
+        await append(db, random_deliveries(random.Random(10), ODD_USERS, LOCKED_TAIL + 50))
+        before, rows_before, versions_before = (
+            await snapshot(client, users),
+            await tables(db),
+            await projection_versions(db),
+        )
+        await transaction.commit()
+        await crashed.wait_paused()  # its first round is applied to the shadow tables
+        crashed.resume()
+        with pytest.raises(RuntimeError, match="interrupted"):
+            await crashed.result()
+    finally:
+        await vacuum.close()
+
+    assert await tables(db) == rows_before and await projection_versions(db) == versions_before
+    assert await snapshot(client, users) == before
+    assert await leftover_tables(db), "the stopped run left its shadow tables behind"
+    report = await rebuild_projections(db)
+    assert report.events_caught_up_under_lock == 0
+    assert await tables(db) == rows_before and await snapshot(client, users) == before
+    assert await leftover_tables(db) == []
+
+
 # --- several connections ------------------------------------------------------------------------
 
 
