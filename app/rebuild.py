@@ -81,8 +81,8 @@ class RebuildReport(msgspec.Struct, frozen=True):
     events_replayed: int
     last_position: int
     seconds: float
-    events_caught_up_under_lock: int = 0
-    append_lock_seconds: float = 0.0
+    events_caught_up_under_lock: int
+    append_lock_seconds: float
 
     @property
     def events_per_second(self) -> float:

@@ -12,7 +12,7 @@ TABLE = "profiles"
 # ({target}): per tag, the item with the latest (event_time, position) wins. user_id leads the
 # sort: the first key gets abbreviated (prefix) keys, and sdkappid hardly varies.
 FILL_SQL = """
-INSERT INTO {target} (sdkappid, user_id, tag, value, event_time, position)
+INSERT INTO {target} AS p (sdkappid, user_id, tag, value, event_time, position)
 SELECT DISTINCT ON (user_id, sdkappid, tag) sdkappid, user_id, tag, new, event_time, position
   FROM {stage}
  ORDER BY user_id, sdkappid, tag, event_time DESC, position DESC
@@ -20,12 +20,10 @@ SELECT DISTINCT ON (user_id, sdkappid, tag) sdkappid, user_id, tag, new, event_t
 
 # The staged items of later events ({stage}) applied to the filled table ({target}): a tag's row
 # changes only for an item with a later (event_time, position), so late deliveries leave it be.
-CATCH_UP_SQL = """
-INSERT INTO {target} AS p (sdkappid, user_id, tag, value, event_time, position)
-SELECT DISTINCT ON (user_id, sdkappid, tag) sdkappid, user_id, tag, new, event_time, position
-  FROM {stage}
- ORDER BY user_id, sdkappid, tag, event_time DESC, position DESC
-ON CONFLICT (user_id, sdkappid, tag) DO UPDATE
+CATCH_UP_SQL = (
+    FILL_SQL
+    + """ON CONFLICT (user_id, sdkappid, tag) DO UPDATE
    SET value = excluded.value, event_time = excluded.event_time, position = excluded.position
  WHERE (excluded.event_time, excluded.position) > (p.event_time, p.position)
 """
+)
