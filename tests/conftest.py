@@ -187,6 +187,19 @@ async def count_rows(connection: asyncpg.Connection[Any], table: str) -> int:
     return int(await connection.fetchval(f"SELECT count(*) FROM {table}"))
 
 
+async def wait_for_a_lock_wait(connection: asyncpg.Connection[Any], pid: int | None = None) -> None:
+    """Until another session of this database (session `pid`, if given) waits for a lock; polled,
+    a minute at most."""
+    deadline = time.monotonic() + 60
+    while not await connection.fetchval(
+        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND ($1::int IS NULL OR pid = $1))",
+        pid,
+    ):
+        assert time.monotonic() < deadline, f"no session{'' if pid is None else f' {pid}'} waited for a lock"
+        await asyncio.sleep(0.01)
+
+
 # --- running `profile-audit` as a process ----------------------------------------------------
 
 

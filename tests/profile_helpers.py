@@ -23,7 +23,7 @@ from app.config import asyncpg_dsn
 from app.eventstore import EventStore
 from app.ingest import NewEvent, decode_callback
 from app.rebuild import RebuildReport, rebuild_projections
-from tests.conftest import AUTH, SDKAPPID
+from tests.conftest import AUTH, SDKAPPID, wait_for_a_lock_wait
 from tests.reference import PORTRAIT_SET, LoggedEvent, ReferenceFold
 
 # --- deliveries -------------------------------------------------------------------------------
@@ -394,12 +394,10 @@ class ThreadedRebuild:
 
     async def wait_for_lock(self, connection: asyncpg.Connection[Any]) -> None:
         """Until the rebuild's session waits for a lock (polled on `connection`)."""
-        deadline = time.monotonic() + 60
-        while not await connection.fetchval(
-            "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND NOT granted)", self.server_pid or 0
-        ):
-            assert time.monotonic() < deadline, f"the rebuild never waited for a lock: {self.phases}"
+        while self.server_pid is None:  # set as soon as the rebuild has connected
+            assert self._task is not None and not self._task.done(), "the rebuild ended unconnected"
             await asyncio.sleep(0.01)
+        await wait_for_a_lock_wait(connection, self.server_pid)
 
     async def result(self) -> RebuildReport:
         assert self._task is not None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,9 +13,7 @@ import pytest
 from app.config import asyncpg_dsn
 from app.groupcommit import GroupCommitter, StoreUnavailable
 from app.ingest import decode_callback
-from tests.conftest import SDKAPPID, portrait_body, portrait_query
-
-WAITING = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+from tests.conftest import SDKAPPID, portrait_body, portrait_query, wait_for_a_lock_wait
 
 
 async def test_a_batch_cut_off_by_stop_fails_instead_of_waiting_forever(database_url: str) -> None:
@@ -36,11 +33,8 @@ async def test_a_batch_cut_off_by_stop_fails_instead_of_waiting_forever(database
             received_at=datetime.now(UTC),
         )
         waiting = asyncio.ensure_future(committer.append(event))  # no deadline of its own
-        # Poll until the writer's statement waits for that lock (a condition, not a guessed delay).
-        deadline = time.monotonic() + 10
-        while (waiting_locks := await holder.fetchval(WAITING)) == 0:
-            assert time.monotonic() < deadline, f"{waiting_locks} statements wait for the append lock"
-            await asyncio.sleep(0.01)
+        # Until the writer's statement waits for that lock (a condition, not a guessed delay).
+        await wait_for_a_lock_wait(holder)
 
         await committer.stop()
         # Bounded only so that a regression fails instead of hanging the suite.

@@ -15,7 +15,7 @@ from app.database import alembic_config, upgrade
 from app.eventstore import EventStore
 from app.ingest import NewEvent, decode_callback
 from app.queries import read_history
-from tests.conftest import SDKAPPID, portrait_body, portrait_query
+from tests.conftest import SDKAPPID, portrait_body, portrait_query, wait_for_a_lock_wait
 
 FUNCTIONS = ("append_events", "project_events")
 
@@ -122,19 +122,6 @@ SELECT i.relname AS name, pg_get_indexdef(x.indexrelid) AS definition, x.indisva
  WHERE x.indrelid IN ('profiles'::regclass, 'profile_changes'::regclass)
  ORDER BY 1
 """
-
-
-async def wait_for_a_lock_wait(connection: asyncpg.Connection[Any]) -> None:
-    """Until another backend of this database waits for a lock (polled; a minute at most)."""
-    for _ in range(600):
-        waiting = await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("the migration never waited for the open transaction")
 
 
 async def test_0007_rekeys_the_projections_while_appends_go_on(empty_database_url: str) -> None:
