@@ -34,6 +34,11 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+def database_name(url: str) -> str:
+    """The database a URL names."""
+    return urlsplit(url).path.lstrip("/")
+
+
 async def _execute(url: str, *statements: str) -> None:
     connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
@@ -41,6 +46,19 @@ async def _execute(url: str, *statements: str) -> None:
             await connection.execute(statement)
     finally:
         await connection.close()
+
+
+async def _log_head(url: str) -> int:
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return int(await connection.fetchval("SELECT position FROM log_head"))
+    finally:
+        await connection.close()
+
+
+def log_head(url: str) -> int:
+    """The log's head position: its number of events (positions are dense)."""
+    return asyncio.run(_log_head(url))
 
 
 def analyze(url: str) -> None:
@@ -91,7 +109,7 @@ class DatabaseServer:
 
     def drop(self, url: str) -> None:
         """Drop a database made by `create` (by its URL) to free its disk space now."""
-        name = urlsplit(url).path.lstrip("/")
+        name = database_name(url)
         asyncio.run(_execute(self.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         if name in self._created:
             self._created.remove(name)

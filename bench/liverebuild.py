@@ -26,7 +26,6 @@ class LiveRebuild:
     connections: int
     rebuild: RebuildRun
     ingest: WrkResult
-    ingest_seconds: float
     append_lock_seconds: float | None
     events_caught_up_under_lock: int | None
 
@@ -59,7 +58,6 @@ def rebuild_while_ingesting(
         command = wrk_command(
             wrk, running.url, load, 3600, secrets.token_hex(3) + "l", int(time.time() * 1000)
         )
-        began = time.monotonic()
         process = start_wrk(command)
         try:
             time.sleep(WARMUP_SECONDS)  # the callbacks' rate has settled before the rebuild starts
@@ -69,7 +67,6 @@ def rebuild_while_ingesting(
             ingest = finish_wrk(process)
         finally:
             kill_wrk(process)
-        ingest_seconds = time.monotonic() - began
     finally:
         running.stop()
     if rebuild.exit_status != 0:
@@ -79,7 +76,6 @@ def rebuild_while_ingesting(
         connections=connections,
         rebuild=rebuild,
         ingest=ingest,
-        ingest_seconds=ingest_seconds,
         append_lock_seconds=float(reported["seconds"]) if reported else None,
         events_caught_up_under_lock=int(reported["events"]) if reported else None,
     )

@@ -26,6 +26,7 @@ class RebuildRun:
     events: int
     wall_seconds: float
     reported_seconds: float | None
+    events_replayed: int | None
     exit_status: int
     cli: Peak
     backend: Peak
@@ -114,6 +115,7 @@ def run_rebuild(
         events=events,
         wall_seconds=wall,
         reported_seconds=float(reported["seconds"]) if reported else None,
+        events_replayed=int(reported["events"]) if reported else None,
         exit_status=process.returncode,
         cli=peaks["cli"],
         backend=peaks["backend"],

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from bench.memory import ProcessMemory
 from bench.readbench import ENDPOINTS, ReadRun
-from bench.rebuildbench import REPORTED
 from bench.report import FACT_KEYS, HEADERS, legend, load_line, ratio_lines, rows
 from bench.suiteresult import SuiteResult
 
@@ -279,11 +278,10 @@ def _live_rebuild(result: SuiteResult) -> list[str]:
         " commit is answered 503. The append-lock figures are the ones the rebuild prints.",
         "",
     ]
-    replayed = REPORTED.search(run.output)
     body = [
         [
             f"{run.wall_seconds:.1f} s",
-            f"{int(replayed['events']):,}" if replayed else "–",
+            f"{run.events_replayed:,}" if run.events_replayed is not None else "–",
             f"{ingest.requests:,} ({ingest.rps:,.0f}/s)",
             f"{live.callbacks_refused}",
             f"{ingest.latency_us.p99 / 1000:.1f} / {ingest.latency_us.max / 1000:.0f}",

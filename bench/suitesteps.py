@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 from rich.console import Console
@@ -15,7 +14,7 @@ from rich.console import Console
 from app.database import upgrade
 from bench import cli as ingest_cli
 from bench.correctness import Correctness
-from bench.database import DatabaseServer, vacuum_analyze
+from bench.database import DatabaseServer, database_name, log_head, vacuum_analyze
 from bench.escompare import AppendRun, run_eventsourcing, run_ours
 from bench.liverebuild import LiveRebuild, rebuild_while_ingesting
 from bench.loadlog import LoadReport, load_log, table_counts, verify
@@ -249,14 +248,13 @@ def live_rebuild_section(
     console: Console,
 ) -> LiveRebuild:
     """The big log rebuilt again while `serve --workers N` takes callbacks as fast as it answers."""
-    database = urlsplit(url).path.lstrip("/")
-    events = table_counts(url)["events"]
+    events = log_head(url)
     console.print(
         f"suite: rebuilding {events:,} events while callbacks arrive ({args.connections} connections)…"
     )
     run = rebuild_while_ingesting(
         url,
-        database,
+        database_name(url),
         SDKAPPID,
         events,
         workers=args.workers,
