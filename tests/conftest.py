@@ -188,12 +188,14 @@ async def count_rows(connection: asyncpg.Connection[Any], table: str) -> int:
 
 
 async def wait_for_a_lock_wait(connection: asyncpg.Connection[Any], pid: int | None = None) -> None:
-    """Until another session of this database (session `pid`, if given) waits for a lock; polled,
-    a minute at most."""
+    """Until another session (session `pid`, if given) waits for a lock; polled, a minute at most.
+
+    pg_locks, not pg_stat_activity: the latter is read once per transaction, and `connection` may
+    be inside one (holding the very lock waited for)."""
     deadline = time.monotonic() + 60
     while not await connection.fetchval(
-        "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database()"
-        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND ($1::int IS NULL OR pid = $1))",
+        "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()"
+        " AND ($1::int IS NULL OR pid = $1))",
         pid,
     ):
         assert time.monotonic() < deadline, f"no session{'' if pid is None else f' {pid}'} waited for a lock"
