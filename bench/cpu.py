@@ -1,9 +1,11 @@
-"""CPU time used by process trees (server, PostgreSQL) and by finished children (wrk) over a run."""
+"""CPU time used by process trees (server, PostgreSQL) and by finished children (wrk) over a run,
+and the time those trees' threads spent runnable but waiting for a core (Linux schedstat)."""
 
 from __future__ import annotations
 
 import resource
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no stubs in the venv
 
@@ -44,6 +46,20 @@ def _cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
     return seconds
 
 
+def _run_queue_seconds(processes: list[psutil.Process]) -> dict[int, float]:
+    """Per thread (by tid), seconds spent runnable but not running: schedstat's second field."""
+    seconds: dict[int, float] = {}
+    for process in processes:
+        for stat in Path(f"/proc/{process.pid}/task").glob("*/schedstat"):
+            try:
+                fields = stat.read_text().split()
+            except OSError:  # the thread or process ended meanwhile
+                continue
+            if len(fields) >= 2:
+                seconds[int(stat.parent.name)] = int(fields[1]) / 1e9
+    return seconds
+
+
 def _machine_busy_seconds() -> float:
     times = psutil.cpu_times()
     idle = times.idle + getattr(times, "iowait", 0.0)
@@ -61,12 +77,16 @@ class CpuMeter:
     def __init__(self, groups: dict[str, Roots]) -> None:
         self._groups = groups
         self._before: dict[str, dict[int, float]] = {}
+        self._waits_before: dict[str, dict[int, float]] = {}
+        self.waiting: dict[str, float] = {}
+        """After `stop`: per group, threads runnable but waiting for a core, on average."""
         self._children_before = 0.0
         self._machine_before = 0.0
 
     def start(self) -> None:
         """Take the first snapshot."""
         self._before = {name: _cpu_seconds(roots()) for name, roots in self._groups.items()}
+        self._waits_before = {name: _run_queue_seconds(roots()) for name, roots in self._groups.items()}
         self._children_before = _children_seconds()
         self._machine_before = _machine_busy_seconds()
 
@@ -79,6 +99,9 @@ class CpuMeter:
             after = _cpu_seconds(roots())
             total = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
             used[name] = round(total / elapsed, 2) if elapsed > 0 else 0.0
+            waits_before = self._waits_before.get(name, {})
+            waited = sum(s - waits_before.get(tid, 0.0) for tid, s in _run_queue_seconds(roots()).items())
+            self.waiting[name] = round(waited / elapsed, 2) if elapsed > 0 else 0.0
         children = _children_seconds() - self._children_before
         used[children_label] = round(children / elapsed, 2) if elapsed > 0 else 0.0
         other = machine / elapsed - sum(used.values()) if elapsed > 0 else 0.0

@@ -50,6 +50,9 @@ class ReadRun:
     # Read connections held by each worker process, largest first (`serve` hands each new
     # connection to the worker holding the fewest, app/workers.py).
     connections_per_worker: list[int] = field(default_factory=list)
+    # Per process tree, its threads runnable but waiting for a core, on average (schedstat): the
+    # scheduling delay that requests meet on a shared machine, beside the CPU they use.
+    waiting_for_a_core: dict[str, float] = field(default_factory=dict)
 
 
 def read_command(wrk: str, url: str, plan: ReadPlan, mode: str, duration: int) -> list[str]:
@@ -133,4 +136,4 @@ def measure_reads(
         ingested = finish_wrk(ingest_process)
     finally:
         kill_wrk(ingest_process)
-    return ReadRun(scenario, ingest, ingested, reads, cpu, split)
+    return ReadRun(scenario, ingest, ingested, reads, cpu, split, meter.waiting)

@@ -48,6 +48,13 @@ def _workers(processes: list[ProcessMemory]) -> list[ProcessMemory]:
     return [p for p in processes if p.role == "worker"]
 
 
+def _wait_per_request_ms(run: ReadRun) -> float:
+    """Milliseconds the server and PostgreSQL waited for a core, per request they served."""
+    per_second = run.ingest.rps + sum(r.rps for r in run.reads.values())
+    waiting = run.waiting_for_a_core.get("server", 0.0) + run.waiting_for_a_core.get("postgres", 0.0)
+    return 1000 * waiting / per_second if per_second > 0 else 0.0
+
+
 def _paced(result: SuiteResult) -> ReadRun | None:
     return result.reads.runs[0] if result.reads and result.reads.runs else None
 
@@ -362,6 +369,19 @@ def _reads(result: SuiteResult) -> list[str]:
                 "",
             ]
         )
+        if run.waiting_for_a_core:
+            waiting = run.waiting_for_a_core
+            body.append(
+                [
+                    "",
+                    "waiting for a core, srv / pg (threads, on average)",
+                    " / ".join(f"{waiting.get(k, 0):.2f}" for k in ("server", "postgres")),
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
     headers = ["ingest load", "endpoint", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "non-2xx + errors"]
     lines += _table(headers, body)
     splits = [(run.scenario, run.connections_per_worker) for run in result.reads.runs]
@@ -371,6 +391,21 @@ def _reads(result: SuiteResult) -> list[str]:
             + "; ".join(f"{scenario}: {' + '.join(map(str, split))}" for scenario, split in splits)
             + ". `serve` hands each new connection to the worker holding the fewest (app/workers.py);"
             " a worker holding most of them would serve their reads one after another."
+        )
+        lines.append("")
+    waits = [
+        f"{run.scenario}: {_wait_per_request_ms(run):.2f} ms"
+        for run in result.reads.runs
+        if run.waiting_for_a_core
+    ]
+    if waits:
+        lines.append(
+            "Waiting for a core: the server's and PostgreSQL's threads were runnable but not running"
+            " that many at a time, on average (`/proc/<pid>/task/*/schedstat`). Per request served"
+            " (reads and callbacks), that is this much waiting in the two together: "
+            + "; ".join(waits)
+            + ". Their sum beside the CPU cores shows how much of a read's latency is the machine's"
+            " queue rather than its work."
         )
         lines.append("")
     lines.append(
