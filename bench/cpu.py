@@ -100,8 +100,10 @@ class CpuMeter:
             total = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
             used[name] = round(total / elapsed, 2) if elapsed > 0 else 0.0
             waits_before = self._waits_before.get(name, {})
-            waited = sum(s - waits_before.get(tid, 0.0) for tid, s in _run_queue_seconds(roots()).items())
-            self.waiting[name] = round(waited / elapsed, 2) if elapsed > 0 else 0.0
+            waits_after = _run_queue_seconds(roots())
+            if waits_after and elapsed > 0:  # none where the kernel keeps no schedstat
+                waited = sum(s - waits_before.get(tid, 0.0) for tid, s in waits_after.items())
+                self.waiting[name] = round(waited / elapsed, 2)
         children = _children_seconds() - self._children_before
         used[children_label] = round(children / elapsed, 2) if elapsed > 0 else 0.0
         other = machine / elapsed - sum(used.values()) if elapsed > 0 else 0.0

@@ -375,7 +375,9 @@ def _reads(result: SuiteResult) -> list[str]:
                 [
                     "",
                     "waiting for a core, srv / pg (threads, on average)",
-                    " / ".join(f"{waiting.get(k, 0):.2f}" for k in ("server", "postgres")),
+                    " / ".join(
+                        f"{waiting[k]:.2f}" if k in waiting else "n/a" for k in ("server", "postgres")
+                    ),
                     "",
                     "",
                     "",
