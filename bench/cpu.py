@@ -60,6 +60,11 @@ def _run_queue_seconds(processes: list[psutil.Process]) -> dict[int, float]:
     return seconds
 
 
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """Seconds added between two snapshots (a process or thread new since `before` counts whole)."""
+    return sum(seconds - before.get(key, 0.0) for key, seconds in after.items())
+
+
 def _machine_busy_seconds() -> float:
     times = psutil.cpu_times()
     idle = times.idle + getattr(times, "iowait", 0.0)
@@ -95,15 +100,11 @@ class CpuMeter:
         machine = _machine_busy_seconds() - self._machine_before
         used: dict[str, float] = {}
         for name, roots in self._groups.items():
-            before = self._before.get(name, {})
-            after = _cpu_seconds(roots())
-            total = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+            total = _spent(self._before.get(name, {}), _cpu_seconds(roots()))
             used[name] = round(total / elapsed, 2) if elapsed > 0 else 0.0
-            waits_before = self._waits_before.get(name, {})
-            waits_after = _run_queue_seconds(roots())
-            if waits_after and elapsed > 0:  # none where the kernel keeps no schedstat
-                waited = sum(s - waits_before.get(tid, 0.0) for tid, s in waits_after.items())
-                self.waiting[name] = round(waited / elapsed, 2)
+            waits = _run_queue_seconds(roots())
+            if waits and elapsed > 0:  # none where the kernel keeps no schedstat
+                self.waiting[name] = round(_spent(self._waits_before.get(name, {}), waits) / elapsed, 2)
         children = _children_seconds() - self._children_before
         used[children_label] = round(children / elapsed, 2) if elapsed > 0 else 0.0
         other = machine / elapsed - sum(used.values()) if elapsed > 0 else 0.0

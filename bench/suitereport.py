@@ -356,34 +356,15 @@ def _reads(result: SuiteResult) -> list[str]:
             )
             ingest = ""
         cpu = run.cpu_cores
-        body.append(
-            [
-                "",
-                "CPU cores srv / pg / ingest wrk / read wrk / other",
-                " / ".join(
-                    f"{cpu.get(k, 0):.2f}" for k in ("server", "postgres", "ingest wrk", "read wrk", "other")
-                ),
-                "",
-                "",
-                "",
-                "",
-            ]
+        cores = " / ".join(
+            f"{cpu.get(k, 0):.2f}" for k in ("server", "postgres", "ingest wrk", "read wrk", "other")
         )
-        if run.waiting_for_a_core:
-            waiting = run.waiting_for_a_core
-            body.append(
-                [
-                    "",
-                    "waiting for a core, srv / pg (threads, on average)",
-                    " / ".join(
-                        f"{waiting[k]:.2f}" if k in waiting else "n/a" for k in ("server", "postgres")
-                    ),
-                    "",
-                    "",
-                    "",
-                    "",
-                ]
+        body.append(["", "CPU cores srv / pg / ingest wrk / read wrk / other", cores, "", "", "", ""])
+        if waiting := run.waiting_for_a_core:
+            queued = " / ".join(
+                f"{waiting[k]:.2f}" if k in waiting else "n/a" for k in ("server", "postgres")
             )
+            body.append(["", "waiting for a core, srv / pg (threads, on average)", queued, "", "", "", ""])
     headers = ["ingest load", "endpoint", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "non-2xx + errors"]
     lines += _table(headers, body)
     splits = [(run.scenario, run.connections_per_worker) for run in result.reads.runs]
