@@ -106,7 +106,12 @@ async def warm_pool(
 @contextlib.asynccontextmanager
 async def pooled_connection(pool: asyncpg.Pool[Any]) -> AsyncIterator[asyncpg.Connection[Any]]:
     """Borrow a connection from `pool` (autocommit per statement); TimeoutError when none frees up."""
-    async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as connection:
+    # With a connection idle, the acquire cannot wait for one to free up (reopening a closed one
+    # is bounded by the pool's connect timeout). Only then is it made without asyncpg's timeout,
+    # which arms and cancels a timer for the acquire and again for the release: 5 % of a
+    # profile read's CPU time in the worker.
+    timeout = None if pool.get_idle_size() else ACQUIRE_TIMEOUT
+    async with pool.acquire(timeout=timeout) as connection:
         # A proxy that forwards every Connection method (and goes stale on release).
         yield cast("asyncpg.Connection[Any]", connection)
 

@@ -10,7 +10,7 @@ from litestar import Controller, Request, get
 from litestar.exceptions import NotAuthorizedException, ValidationException
 from litestar.params import Parameter
 
-from app.api.auth import SECURITY, require_token
+from app.api.auth import REQUIRE_TOKEN, SECURITY
 from app.api.services import services
 from app.database import pooled_connection
 from app.eventstore import StoredEvent
@@ -64,7 +64,7 @@ class EventsController(Controller):
 
     path = "/events"
     tags = ["events"]  # noqa: RUF012 - Litestar's Controller declares these as instance attributes
-    guards = [require_token]  # noqa: RUF012
+    middleware = [REQUIRE_TOKEN]  # noqa: RUF012
     security = SECURITY
 
     @get(

@@ -12,7 +12,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from app.api.auth import SECURITY, require_token
+from app.api.auth import REQUIRE_TOKEN, SECURITY
 from app.api.events import event_out
 from app.api.services import services
 from app.feed import Lagging
@@ -48,7 +48,7 @@ def resume_position(last_event_id: str | None, after: int | None) -> int:
             description="The event stream: `id:`, `event: event` and the event JSON as `data:`",
         )
     },
-    guards=[require_token],
+    middleware=[REQUIRE_TOKEN],
     security=SECURITY,
     raises=[NotAuthorizedException, ValidationException],
 )

@@ -20,7 +20,7 @@ from litestar.exceptions import (
 from litestar.params import Parameter
 from litestar.types import Scope
 
-from app.api.auth import SECURITY, require_token
+from app.api.auth import REQUIRE_TOKEN, SECURITY
 from app.api.services import Services, services
 from app.database import pooled_connection
 from app.queries import INT64_MAX, Change, read_history, read_profile
@@ -185,7 +185,7 @@ class UsersController(Controller):
 
     path = "/users/{user_id:str}"
     tags = ["profiles"]  # noqa: RUF012 - Litestar declares these as instance attributes
-    guards = [require_token]  # noqa: RUF012
+    middleware = [REQUIRE_TOKEN]  # noqa: RUF012
     security = SECURITY
 
     @get(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import asyncpg
 import pytest
 from asyncpg.connection import LoggedQuery
 
+from app import database
 from app.config import asyncpg_dsn
 from app.database import create_pool, pooled_connection, warm_pool
 from app.queries import PROFILE, read_profile, warm_reads
@@ -49,6 +51,22 @@ async def test_a_transaction_left_open_is_rolled_back_on_release(pool: asyncpg.P
         assert await connection.fetchval("SELECT pg_backend_pid()") == first  # the same connection
         assert not connection.is_in_transaction()
         assert await connection.fetchval("SHOW statement_timeout") != "1234ms"
+
+
+async def test_a_borrow_gives_up_when_no_connection_frees_up(
+    pool: asyncpg.Pool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a connection idle the borrow skips asyncpg's timeout; with none, it keeps it."""
+    monkeypatch.setattr(database, "ACQUIRE_TIMEOUT", 0.2)
+    async with pooled_connection(pool) as held:
+        assert pool.get_idle_size() == 0
+        async with asyncio.timeout(10):  # fail, not hang, if the borrow waited without a limit
+            with pytest.raises(TimeoutError):
+                async with pooled_connection(pool):
+                    pass
+        assert await held.fetchval("SELECT 1") == 1
+    async with pooled_connection(pool) as connection:  # and the pool still lends it
+        assert await connection.fetchval("SELECT 2") == 2
 
 
 async def test_a_connection_the_server_closed_is_replaced(pool: asyncpg.Pool[Any], database_url: str) -> None:

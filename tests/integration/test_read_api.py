@@ -64,15 +64,19 @@ def b64(text: str) -> str:
 
 async def test_read_endpoints_answer_401_without_a_valid_bearer_token(client: AsyncTestClient[Any]) -> None:
     await post_delivery(client, Delivery("alice", T0, [(NICK, "a")]))
-    paths = [
-        user_path("alice"),
-        user_path("alice") + "?at=0",
-        user_path("alice", "profile-history"),
-        user_path("nobody"),  # no 404 before authentication: existence does not leak
-        user_path("nobody", "profile-history"),
-    ]
     sdk = {"sdkappid": SDKAPPID}
-    for path in paths:
+    # (path, query, the status with a valid token); the query goes in params, which httpx puts
+    # in place of any query in the path.
+    answers = [
+        (user_path("alice"), sdk, 200),
+        (user_path("alice"), {**sdk, "at": str(T0)}, 200),
+        (user_path("alice", "profile-history"), sdk, 200),
+        (user_path("nobody"), sdk, 404),  # no 404 before authentication: existence does not leak
+        (user_path("nobody", "profile-history"), sdk, 404),
+        (user_path("alice"), {**sdk, "at": "yesterday"}, 400),  # nor a 400 for a bad parameter
+        (user_path("alice", "profile-history"), {**sdk, "limit": "0"}, 400),
+    ]
+    for path, query, answer in answers:
         for headers in (
             {},
             {"Authorization": "Bearer wrong-token"},
@@ -81,11 +85,11 @@ async def test_read_endpoints_answer_401_without_a_valid_bearer_token(client: As
             {"Authorization": "Bearer "},
             {"Authorization": API_TOKEN},
         ):
-            reply = await client.get(path, params=sdk, headers=headers)
-            assert reply.status_code == 401, (path, headers, reply.text)
+            reply = await client.get(path, params=query, headers=headers)
+            assert reply.status_code == 401, (path, query, headers, reply.text)
             assert "token" in reply.json()["detail"]
-        reply = await client.get(path, params=sdk, headers=AUTH)
-        assert reply.status_code == (404 if "nobody" in path else 200), (path, reply.text)
+        reply = await client.get(path, params=query, headers=AUTH)
+        assert reply.status_code == answer, (path, query, reply.text)
 
 
 # --- ?at= -------------------------------------------------------------------------------------
