@@ -1,4 +1,4 @@
-"""Read-API latency on a loaded log while an ingest load runs: one wrk per endpoint, all at once."""
+"""Read-API latency on a loaded log while an ingest load runs (or alone): one wrk per endpoint, all at once."""
 
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ class ReadPlan:
 
 @dataclass(frozen=True)
 class ReadRun:
-    """Latency per endpoint, and what the ingest load did meanwhile."""
+    """Latency per endpoint, and what the ingest load did meanwhile (None: the reads ran alone)."""
 
     scenario: str
-    ingest_load: Load
-    ingest: WrkResult
+    ingest_load: Load | None
+    ingest: WrkResult | None
     reads: dict[str, WrkResult]
     cpu_cores: dict[str, float]
     # Read connections held by each worker process, largest first (`serve` hands each new
@@ -109,31 +109,34 @@ def measure_reads(
     running: Running,
     wrk: str,
     plan: ReadPlan,
-    ingest: Load,
+    ingest: Load | None,
     postmaster_pid: int | None,
     scenario: str,
 ) -> ReadRun:
-    """Start the ingest load, warm the reads up, then measure all endpoints concurrently."""
-    ingest_seconds = plan.warmup + plan.duration + 3
-    nonce = secrets.token_hex(3) + "r"
-    command = wrk_command(wrk, running.url, ingest, ingest_seconds, nonce, int(time.time() * 1000))
-    ingest_process: subprocess.Popen[str] = start_wrk(command)
+    """Start the ingest load (if any), warm the reads up, then measure all endpoints concurrently."""
+    ingest_process: subprocess.Popen[str] | None = None
+    if ingest is not None:
+        ingest_seconds = plan.warmup + plan.duration + 3
+        nonce = secrets.token_hex(3) + "r"
+        command = wrk_command(wrk, running.url, ingest, ingest_seconds, nonce, int(time.time() * 1000))
+        ingest_process = start_wrk(command)
     try:
         time.sleep(1.0)
         if plan.warmup > 0:
             _reads(wrk, running.url, plan, plan.warmup)
-        meter = CpuMeter(
-            {
-                "server": lambda: tree(running.process.pid),
-                "postgres": lambda: tree(postmaster_pid) if postmaster_pid else [],
-                "ingest wrk": lambda: tree(ingest_process.pid),
-            }
-        )
+        groups = {
+            "server": lambda: tree(running.process.pid),
+            "postgres": lambda: tree(postmaster_pid) if postmaster_pid else [],
+        }
+        if ingest_process is not None:
+            groups["ingest wrk"] = lambda: tree(ingest_process.pid)
+        meter = CpuMeter(groups)
         meter.start()
         began = time.monotonic()
         reads, split = _reads(wrk, running.url, plan, plan.duration, psutil.Process(running.process.pid))
         cpu = meter.stop(time.monotonic() - began, children_label="read wrk")
-        ingested = finish_wrk(ingest_process)
+        ingested = finish_wrk(ingest_process) if ingest_process is not None else None
     finally:
-        kill_wrk(ingest_process)
+        if ingest_process is not None:
+            kill_wrk(ingest_process)
     return ReadRun(scenario, ingest, ingested, reads, cpu, split, meter.waiting)

@@ -201,7 +201,8 @@ def read_section(
     workdir: Path,
     console: Console,
 ) -> ReadSection:
-    """`serve --workers N` on the rebuilt log; reads under a paced, then an unpaced ingest load."""
+    """`serve --workers N` on the rebuilt log; reads under a paced, then an unpaced ingest load,
+    then alone."""
     plan = ReadPlan(
         users=users,
         at_low=BASE_EVENT_TIME_MS + STEP_MS * events // 2,
@@ -213,9 +214,11 @@ def read_section(
     )
     conns = args.ingest_connections
     pause = 1000 * conns / args.ingest_rate if args.ingest_rate > 0 else 0.0
-    scenarios = [("paced", Load(conns, min(2, conns), 0, 0, 10, 1000, pause))]
+    scenarios: list[tuple[str, Load | None]] = [("paced", Load(conns, min(2, conns), 0, 0, 10, 1000, pause))]
     if pause > 0:
         scenarios.append(("closed loop", Load(conns, min(2, conns), 0, 0, 10, 1000)))
+    # The same reads with no callbacks: what the service answers in when the cores are its own.
+    scenarios.append(("none", None))
     if not args.no_analyze:
         # Steady state: autovacuum vacuums and analyzes the rebuilt tables within about a minute
         # (their inserts cross its thresholds); until then index-only scans visit the heap.
@@ -231,7 +234,8 @@ def read_section(
     try:
         running.wait_ready()
         for scenario, ingest in scenarios:
-            console.print(f"suite: reads on {events:,} events, ingest {scenario} ({conns} connections)…")
+            load = f" ({conns} connections)" if ingest is not None else ""
+            console.print(f"suite: reads on {events:,} events, ingest {scenario}{load}…")
             runs.append(measure_reads(running, wrk, plan, ingest, postmaster_pid, scenario))
         workers = server_memory(running.process.pid)
     finally:
