@@ -56,7 +56,9 @@ def _wait_per_request_ms(run: ReadRun) -> float:
 
 
 def _paced(result: SuiteResult) -> ReadRun | None:
-    return result.reads.runs[0] if result.reads and result.reads.runs else None
+    """The run the read target is judged on: the first one with ingest (the reads-alone run has none)."""
+    runs = result.reads.runs if result.reads else []
+    return next((run for run in runs if run.ingest is not None), None)
 
 
 def target_verdicts(result: SuiteResult) -> list[Verdict]:
