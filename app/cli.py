@@ -119,6 +119,14 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    read_workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Extra worker processes for all but callbacks (read API, stream, health, metrics);"
+            " the callback workers then run at a lower CPU priority, so reads stay fast under load.",
+        ),
+    ] = 0,
 ) -> None:
     """Run the HTTP service (on the embedded database, created and migrated, when no DATABASE_URL)."""
     from app.workers import serve_app
@@ -150,6 +158,7 @@ def serve(
                 host=host,
                 port=port,
                 workers=workers,
+                read_workers=read_workers,
                 log_level=settings.log_level.lower(),
             )
         finally:

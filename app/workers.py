@@ -5,6 +5,10 @@ wakes first takes most of a burst of new keep-alive connections. Here the parent
 Node's cluster module does, and once a connection's first bytes are in, passes its file
 descriptor over a Unix socket pair to the worker holding the fewest open connections (ties taken
 in turn); each worker reports every connection it closes with one byte back.
+
+With read workers (`--read-workers R`), a connection whose first request is a callback goes to the
+callback workers and any other to the read workers, and the callback workers run at a lower CPU
+priority: under a flood of callbacks, the read API still gets a core when it needs one.
 """
 
 from __future__ import annotations
@@ -34,13 +38,16 @@ CLOSED = b"C"  # worker to parent: one connection closed
 STOP_MARGIN = 5.0  # seconds past the graceful-shutdown timeout before a worker is killed
 ACCEPT_PAUSE = 1.0  # seconds without accepting after accept() fails (out of file descriptors)
 OPENING_WAIT = 10.0  # seconds after the first worker is ready that accepting waits for the others
+CALLBACK_LINE = b"POST /callback"  # how a connection's first request starts when it is a callback
+CALLBACK_NICENESS = 10  # added to the callback workers' niceness when read workers take the rest
+CALLBACKS, READS = "callbacks", "reads"  # the kinds of worker, and of connection, when split
 
 _spawn = multiprocessing.get_context("spawn")
 
 
-def serve_app(app: str, *, host: str, port: int, workers: int, log_level: str) -> None:
+def serve_app(app: str, *, host: str, port: int, workers: int, log_level: str, read_workers: int = 0) -> None:
     """Serve the ASGI app factory `app` as `profile-audit serve` does: the same uvicorn settings,
-    and with more than one worker, the Supervisor (the benchmark's echo and insert apps run so too)."""
+    and with more than one process, the Supervisor (the benchmark's echo and insert apps run so too)."""
     options: dict[str, Any] = {
         "factory": True,
         "host": host,
@@ -51,10 +58,10 @@ def serve_app(app: str, *, host: str, port: int, workers: int, log_level: str) -
         "log_level": log_level,
         "timeout_graceful_shutdown": 10,
     }
-    if workers == 1:
+    if workers == 1 and read_workers == 0:
         uvicorn.run(app, **options)
     else:
-        Supervisor(Config(app, **options), workers).run()
+        Supervisor(Config(app, **options), workers, read_workers).run()
 
 
 def least_loaded(open_connections: Sequence[int | None], last: int) -> int | None:
@@ -70,12 +77,29 @@ def least_loaded(open_connections: Sequence[int | None], last: int) -> int | Non
     return best
 
 
-class Worker:
-    """The parent's end of one worker process: its channel and open connection count."""
+def connection_kind(first: bytes) -> str:
+    """CALLBACKS when a connection's first bytes start a callback request, else READS.
 
-    def __init__(self, config: Config) -> None:
+    Told from the bytes in so far: a client that sends fewer than the request line's first 14 goes
+    to a read worker, which serves a callback as well as any worker.
+    """
+    return CALLBACKS if first.startswith(CALLBACK_LINE) else READS
+
+
+def open_counts(kind: str | None, workers: Sequence[tuple[str | None, int | None]]) -> list[int | None]:
+    """Per (kind, open connections or None when not ready) worker, its open connections if it takes
+    `kind`, else None; when no worker of `kind` is ready (one restarting), every ready worker's."""
+    counts = [load if taken == kind else None for taken, load in workers]
+    return counts if any(count is not None for count in counts) else [load for _, load in workers]
+
+
+class Worker:
+    """The parent's end of one worker process: its kind, channel and open connection count."""
+
+    def __init__(self, config: Config, kind: str | None, niceness: int) -> None:
+        self.kind = kind  # None: takes every connection
         self.channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.process: SpawnProcess = _spawn.Process(target=_worker_main, args=(config, child_end))
+        self.process: SpawnProcess = _spawn.Process(target=_worker_main, args=(config, child_end, niceness))
         self.process.start()
         child_end.close()
         self.channel.setblocking(False)
@@ -85,18 +109,20 @@ class Worker:
 
 
 class Supervisor:
-    """Runs `workers` uvicorn worker processes of `config` behind one listening socket of its own."""
+    """Runs `workers` uvicorn worker processes of `config` (and `read_workers` for all but callbacks)
+    behind one listening socket of its own."""
 
-    def __init__(self, config: Config, workers: int) -> None:
+    def __init__(self, config: Config, workers: int, read_workers: int = 0) -> None:
         self.config = config
         self.workers: list[Worker] = []
         self.count = workers
+        self.read_count = read_workers
         self.selector = selectors.DefaultSelector()
         # Accepted, nothing received yet: when each is given up if still silent. One timeout for
         # all, so insertion order is deadline order.
         self.waiting: dict[socket.socket, float] = {}
         self.retiring: list[Worker] = []  # after SIGHUP: replaced one at a time
-        self.last = workers - 1
+        self.last = workers + read_workers - 1
         self.listening = False
         self.resume_at: float | None = None  # when accepting resumes after a pause
         # At the start, accept once every worker is ready: keep-alive connections that came in while
@@ -122,8 +148,17 @@ class Supervisor:
             self.listener.setblocking(False)
             logger.info("Started parent process [%d]", os.getpid())
             self.selector.register(wake_read, selectors.EVENT_READ, (0, lambda: wake_read.recv(64)))
-            for _ in range(self.count):
-                self.workers.append(self._start())
+            kinds: Sequence[str | None] = [None] * self.count
+            if self.read_count:
+                kinds = [CALLBACKS] * self.count + [READS] * self.read_count
+                logger.info(
+                    "callback workers: %d (niceness +%d); read workers: %d",
+                    self.count,
+                    CALLBACK_NICENESS,
+                    self.read_count,
+                )
+            for kind in kinds:
+                self.workers.append(self._start(kind))
             self._loop()
             if self.signalled:
                 logger.info("Received %s, exiting.", self.signalled)
@@ -171,8 +206,8 @@ class Supervisor:
                     return
                 callback()
 
-    def _start(self) -> Worker:
-        worker = Worker(self.config)
+    def _start(self, kind: str | None) -> Worker:
+        worker = Worker(self.config, kind, CALLBACK_NICENESS if kind == CALLBACKS else 0)
         self.selector.register(worker.channel, selectors.EVENT_READ, (0, lambda: self._report(worker)))
         self.selector.register(worker.process.sentinel, selectors.EVENT_READ, (0, lambda: self._reap(worker)))
         return worker
@@ -197,7 +232,7 @@ class Supervisor:
 
     def _readable(self, connection: socket.socket) -> None:
         try:
-            first = connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            first = connection.recv(len(CALLBACK_LINE), socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:  # reset by the client
@@ -206,7 +241,7 @@ class Supervisor:
         del self.waiting[connection]
         with connection:
             if first:  # else closed before sending anything
-                self._hand_over(connection)
+                self._hand_over(connection, connection_kind(first) if self.read_count else None)
 
     def _drop_silent(self) -> None:
         # A client that connects and sends nothing (HTTP clients send at once) is not kept for ever.
@@ -227,8 +262,8 @@ class Supervisor:
                 worker.process.terminate()
                 return
 
-    def _hand_over(self, connection: socket.socket) -> None:
-        loads: list[int | None] = [w.open if w.ready else None for w in self.workers]
+    def _hand_over(self, connection: socket.socket, kind: str | None) -> None:
+        loads = open_counts(kind, [(w.kind, w.open if w.ready else None) for w in self.workers])
         while (index := least_loaded(loads, self.last)) is not None:
             worker = self.workers[index]
             try:
@@ -280,7 +315,7 @@ class Supervisor:
             self.failed = self.stopping = True
         if not self.stopping:
             logger.warning("Child process [%s] died (exit %s), starting another", worker.process.pid, code)
-            self.workers[self.workers.index(worker)] = self._start()
+            self.workers[self.workers.index(worker)] = self._start(worker.kind)
         self._update_listening()
 
     def _update_listening(self) -> None:
@@ -392,8 +427,10 @@ def _reporting(protocol_class: type[asyncio.Protocol], report: Callable[[], None
     return cast("type[asyncio.Protocol]", type(protocol_class.__name__, (protocol_class,), namespace))
 
 
-def _worker_main(config: Config, channel: socket.socket) -> None:
+def _worker_main(config: Config, channel: socket.socket, niceness: int) -> None:
     """A worker process: serve what comes down `channel` until SIGTERM, SIGINT or the parent's exit."""
+    if niceness:
+        os.nice(niceness)
     config.configure_logging()
     with contextlib.suppress(KeyboardInterrupt):  # SIGINT re-raised after a graceful shutdown
         ChannelServer(config, channel).run()

@@ -68,7 +68,7 @@ def profile_audit_command() -> list[str]:
     return [found] if found else [sys.executable, "-c", "from app.cli import main; main()"]
 
 
-def real_target(port: int, workers: int, database_url: str, sdkappid: int) -> Target:
+def real_target(port: int, workers: int, database_url: str, sdkappid: int, read_workers: int = 0) -> Target:
     """`profile-audit serve` on a migrated database."""
     return Target(
         name="real",
@@ -79,6 +79,7 @@ def real_target(port: int, workers: int, database_url: str, sdkappid: int) -> Ta
             "--host=127.0.0.1",
             f"--port={port}",
             f"--workers={workers}",
+            f"--read-workers={read_workers}",
         ],
         env={
             "DATABASE_URL": database_url,

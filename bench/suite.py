@@ -61,6 +61,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--workers", type=int, default=2, help="server worker processes (2)")
     add("--ingest-connections", type=int, default=8, help="ingest connections during the reads (8)")
     add("--ingest-rate", type=float, default=1000, help="paced ingest during the reads, req/s (1000)")
+    add(
+        "--read-workers",
+        type=int,
+        default=2,
+        help="serve's read workers in the reads section (2; 0: every worker takes every connection)",
+    )
     add("--read-connections", type=int, default=2, help="connections per read endpoint (2)")
     add("--read-pause-ms", type=float, default=10, help="pause between reads on a connection (10 ms)")
     add("--read-duration", type=int, default=20, help="measured seconds of the reads (20)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.workers import CALLBACK_NICENESS
 from bench.memory import ProcessMemory
 from bench.readbench import ENDPOINTS, ReadRun
 from bench.report import FACT_KEYS, HEADERS, legend, load_line, ratio_lines, rows
@@ -315,13 +316,21 @@ def _reads(result: SuiteResult) -> list[str]:
         return []
     lines = ["## Read latency while ingest runs", ""]
     s = result.settings
+    readers = int(s.get("read_workers") or 0)
+    serve = f"serve --workers {s.get('workers')}" + (f" --read-workers {readers}" if readers else "")
     lines.append(
-        f"`profile-audit serve --workers {s.get('workers')}` on the rebuilt {s.get('events'):,}-event log."
+        f"`profile-audit {serve}` on the rebuilt {s.get('events'):,}-event log."
         f" One wrk per endpoint (`bench/reads.lua`, {s.get('read_connections')} connections each, a"
         f" {s.get('read_pause_ms'):g} ms pause between requests on a connection), all three at once, for"
         f" random existing users (`at` is a random time in the newer half of the log), while wrk with"
         f" `bench/ingest.lua` posts new deliveries on {s.get('ingest_connections')} connections."
     )
+    if readers:
+        lines[-1] += (
+            f" The callbacks go to the {s.get('workers')} callback workers, which run at a lower CPU"
+            f" priority (niceness +{CALLBACK_NICENESS}), and every other connection to the read"
+            f" workers (`--read-workers`, app/workers.py)."
+        )
     lines.append("")
     if s.get("no_analyze"):
         lines.append(
@@ -378,8 +387,13 @@ def _reads(result: SuiteResult) -> list[str]:
         lines.append(
             "Read connections held by each worker: "
             + "; ".join(f"{scenario}: {' + '.join(map(str, split))}" for scenario, split in splits)
-            + ". `serve` hands each new connection to the worker holding the fewest (app/workers.py);"
-            " a worker holding most of them would serve their reads one after another."
+            + (
+                ". `serve` hands each new connection to the worker of its kind holding the fewest"
+                " (app/workers.py): the read connections go to the read workers only."
+                if readers
+                else ". `serve` hands each new connection to the worker holding the fewest (app/workers.py);"
+                " a worker holding most of them would serve their reads one after another."
+            )
         )
         lines.append("")
     waits = [

@@ -225,7 +225,7 @@ def read_section(
         vacuum_analyze(url)
     port = free_port()
     running = Running(
-        real_target(port, args.workers, url, SDKAPPID),
+        real_target(port, args.workers, url, SDKAPPID, args.read_workers),
         port,
         args.results_dir / f"{args.stamp}-reads.log",
         workdir,

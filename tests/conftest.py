@@ -302,14 +302,15 @@ def wait_until_healthy(server: LiveServer, deadline_seconds: float = 90) -> None
 
 @contextmanager
 def running_server(
-    env: dict[str, str], workdir: Path, *, workers: int = 1, port: int | None = None
+    env: dict[str, str], workdir: Path, *, workers: int = 1, read_workers: int = 0, port: int | None = None
 ) -> Iterator[LiveServer]:
     """`profile-audit serve` on a free port, healthy; stopped with SIGTERM on the way out."""
     port = port or free_port()
     log_path = workdir / f"serve-{port}.log"
+    options = ["--port", str(port), "--workers", str(workers), "--read-workers", str(read_workers)]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [*profile_audit_command(), "serve", "--port", str(port), "--workers", str(workers)],
+            [*profile_audit_command(), "serve", *options],
             env=env,
             cwd=workdir,
             stdout=log_file,

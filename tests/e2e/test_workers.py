@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import signal
 import socket
@@ -17,13 +18,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import psutil
 import pytest
 
-from tests.conftest import AUTH, REPO_ROOT, LiveServer, free_port
+from app.workers import CALLBACK_NICENESS
+from tests.conftest import (
+    API_TOKEN,
+    AUTH,
+    REPO_ROOT,
+    SDKAPPID,
+    LiveServer,
+    cli_env,
+    free_port,
+    portrait_body,
+    portrait_query,
+    running_server,
+)
 from tests.faults.load import worker_processes
 
 pytestmark = pytest.mark.e2e
@@ -290,3 +304,57 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_keep_alive_timeout(
     silent.close()
     assert Client(live_server.url).get()  # and still serves
     assert live_server.stop() == 0, live_server.log()
+
+
+def exchange(
+    connection: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None
+) -> bytes:
+    """One request on a keep-alive connection; its 200 answer's body."""
+    connection.request(method, path, body=body, headers={**AUTH, "Content-Type": "application/json"})
+    reply = connection.getresponse()
+    content = reply.read()
+    assert reply.status == 200, (method, path, reply.status, content)
+    return content
+
+
+def test_read_workers_take_all_but_callbacks_and_the_callback_workers_yield_the_cpu(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = cli_env(
+        DATABASE_URL=database_url, PROFILE_AUDIT_SDKAPPID=str(SDKAPPID), PROFILE_AUDIT_API_TOKENS=API_TOKEN
+    )
+    with running_server(env, tmp_path, workers=2, read_workers=1) as server:
+        serve = psutil.Process(server.process.pid)
+        workers = wait_for(lambda: len(found := worker_processes(serve)) == 3 and found, "three workers")
+        niceness = {w.pid: w.nice() - serve.nice() for w in workers}
+        assert sorted(niceness.values()) == [0, CALLBACK_NICENESS, CALLBACK_NICENESS], niceness
+        callback_workers = {pid for pid, added in niceness.items() if added}
+        (reader,) = set(niceness) - callback_workers
+
+        parts = urlsplit(server.url)
+        host, port = parts.hostname or "127.0.0.1", parts.port
+        posting = [http.client.HTTPConnection(host, port, timeout=10) for _ in range(4)]
+        for number, connection in enumerate(posting):
+            body = json.dumps(portrait_body(f"split{number}")).encode()
+            exchange(connection, "POST", f"/callback?{urlencode(portrait_query())}", body)
+        reading = [http.client.HTTPConnection(host, port, timeout=10) for _ in range(3)]
+        for connection, path in zip(reading, ["/users/split0/profile", "/healthz", "/metrics"], strict=True):
+            exchange(connection, "GET", path)
+
+        def port_of(connection: http.client.HTTPConnection) -> int:
+            assert connection.sock is not None
+            return int(connection.sock.getsockname()[1])
+
+        posted, read = {port_of(c) for c in posting}, {port_of(c) for c in reading}
+        split = held(serve, posted | read)
+        assert split[reader] == read, split
+        assert set().union(*(split[pid] for pid in callback_workers)) == posted, split
+        assert sorted(len(split[pid]) for pid in callback_workers) == [2, 2], split
+
+        # The kind is the connection's, told from its first request: a callback worker still
+        # answers a read sent on one of its connections, with the change it committed.
+        profile = json.loads(exchange(posting[0], "GET", "/users/split0/profile"))
+        assert profile["profile"] == {"Tag_Profile_IM_Nick": "nick of split0"}
+        for connection in posting + reading:
+            connection.close()
+        assert server.stop() == 0, server.log()

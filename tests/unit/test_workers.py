@@ -1,8 +1,8 @@
-"""The supervisor's choice of worker for a new connection: the fewest open, ties taken in turn."""
+"""The supervisor's choice of worker for a new connection: of its kind, the fewest open, ties taken in turn."""
 
 from __future__ import annotations
 
-from app.workers import least_loaded
+from app.workers import CALLBACKS, READS, connection_kind, least_loaded, open_counts
 
 
 def test_the_worker_with_the_fewest_open_connections_is_chosen() -> None:
@@ -32,3 +32,24 @@ def test_a_burst_on_idle_workers_is_split_evenly() -> None:
         loads[chosen] = (loads[chosen] or 0) + 1
         last = chosen
     assert loads == [3, 3, 3]
+
+
+def test_a_connection_is_a_callback_when_its_first_request_posts_to_the_callback_path() -> None:
+    assert connection_kind(b"POST /callback") == CALLBACKS
+    assert connection_kind(b"POST /callback?SdkAppid=1") == CALLBACKS
+    assert connection_kind(b"GET /users/u1/profile HTTP/1.1") == READS
+    assert connection_kind(b"GET /callback") == READS
+    assert connection_kind(b"POST /events") == READS
+    assert connection_kind(b"POST /call") == READS  # too little in yet to tell: any worker serves it
+
+
+def test_only_workers_of_the_connections_kind_are_counted() -> None:
+    workers = [(CALLBACKS, 0), (CALLBACKS, 4), (READS, 9)]
+    assert open_counts(CALLBACKS, workers) == [0, 4, None]
+    assert open_counts(READS, workers) == [None, None, 9]
+    assert least_loaded(open_counts(READS, workers), last=0) == 2
+
+
+def test_every_ready_worker_is_counted_when_none_of_the_kind_is_ready() -> None:
+    assert open_counts(READS, [(CALLBACKS, 3), (CALLBACKS, None), (READS, None)]) == [3, None, None]
+    assert open_counts(None, [(None, 1), (None, None)]) == [1, None]
