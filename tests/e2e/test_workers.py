@@ -358,3 +358,51 @@ def test_read_workers_take_all_but_callbacks_and_the_callback_workers_yield_the_
         for connection in posting + reading:
             connection.close()
         assert server.stop() == 0, server.log()
+
+
+@pytest.mark.faults
+def test_a_killed_read_worker_is_replaced_by_a_read_worker(database_url: str, tmp_path: Path) -> None:
+    env = cli_env(
+        DATABASE_URL=database_url, PROFILE_AUDIT_SDKAPPID=str(SDKAPPID), PROFILE_AUDIT_API_TOKENS=API_TOKEN
+    )
+    with running_server(env, tmp_path, workers=1, read_workers=1) as server:
+        serve = psutil.Process(server.process.pid)
+        workers = wait_for(lambda: len(found := worker_processes(serve)) == 2 and found, "two workers")
+        niceness = {w.pid: w.nice() - serve.nice() for w in workers}
+        poster = next(pid for pid, added in niceness.items() if added == CALLBACK_NICENESS)
+        reader = next(pid for pid, added in niceness.items() if added == 0)
+        os.kill(reader, signal.SIGKILL)
+        wait_for(lambda: not psutil.pid_exists(reader), f"read worker {reader} to be reaped")
+
+        # Reads are answered all along: by the callback worker until the replacement is ready.
+        ports: set[int] = set()
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "no replacement worker took a read in 60 s"
+            client = Client(server.url)
+            client.get()
+            holders = [pid for pid, held_ports in held(serve, {client.port}).items() if held_ports]
+            ports.add(client.port)
+            client.close()
+            assert len(holders) == 1 and holders[0] != reader, holders
+            if holders[0] != poster:
+                replacement = psutil.Process(holders[0])
+                break
+        wait_until_closed(serve, ports)
+        assert replacement.nice() == serve.nice(), "the replacement runs at the read workers' priority"
+
+        # Callbacks still go to the callback worker, reads to the replacement.
+        parts = urlsplit(server.url)
+        posting = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+        body = json.dumps(portrait_body("after-kill")).encode()
+        exchange(posting, "POST", f"/callback?{urlencode(portrait_query())}", body)
+        reading = [Client(server.url) for _ in range(3)]
+        for client in reading:
+            client.get()
+        assert posting.sock is not None
+        posted, read = int(posting.sock.getsockname()[1]), {c.port for c in reading}
+        assert held(serve, {posted} | read) == {poster: {posted}, replacement.pid: read}
+        posting.close()
+        for client in reading:
+            client.close()
+        assert server.stop() == 0, server.log()
