@@ -160,30 +160,36 @@ def test_new_connections_go_to_the_worker_with_the_fewest(live_server: LiveServe
         client.close()
 
 
-@pytest.mark.faults
-def test_a_killed_worker_is_replaced_and_takes_new_connections(live_server: LiveServer) -> None:
-    serve = psutil.Process(live_server.process.pid)
-    wait_until_serving(live_server, serve, 2)
-    victim, survivor = sorted(w.pid for w in worker_processes(serve))
+def kill_and_wait_for_replacement(
+    server: LiveServer, serve: psutil.Process, victim: int, survivor: int
+) -> int:
+    """SIGKILL the worker `victim`; new connections (GET /healthz) go to `survivor` until a
+    replacement takes one (asserted); the replacement's pid, once the probes' connections closed."""
     os.kill(victim, signal.SIGKILL)
     # Gone once the parent has reaped it, and so no longer given connections.
     wait_for(lambda: not psutil.pid_exists(victim), f"worker {victim} to be reaped")
-
-    # Until its replacement is ready, the survivor answers every new connection.
     ports: set[int] = set()
     deadline = time.monotonic() + 60
     while True:
         assert time.monotonic() < deadline, "no replacement worker took a connection in 60 s"
-        client = Client(live_server.url)
+        client = Client(server.url)
         client.get()
         holders = [pid for pid, held_ports in held(serve, {client.port}).items() if held_ports]
         ports.add(client.port)
         client.close()
         assert len(holders) == 1 and holders[0] != victim, holders
         if holders[0] != survivor:
-            replacement = holders[0]
             break
     wait_until_closed(serve, ports)
+    return holders[0]
+
+
+@pytest.mark.faults
+def test_a_killed_worker_is_replaced_and_takes_new_connections(live_server: LiveServer) -> None:
+    serve = psutil.Process(live_server.process.pid)
+    wait_until_serving(live_server, serve, 2)
+    victim, survivor = sorted(w.pid for w in worker_processes(serve))
+    replacement = kill_and_wait_for_replacement(live_server, serve, victim, survivor)
 
     # The replacement starts with no connections, the survivor with none left: a burst is split.
     clients = [Client(live_server.url) for _ in range(4)]
@@ -306,6 +312,13 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_keep_alive_timeout(
     assert live_server.stop() == 0, live_server.log()
 
 
+def serve_env(database_url: str) -> dict[str, str]:
+    """The environment of `serve` on the test database, as the live_server fixture's."""
+    return cli_env(
+        DATABASE_URL=database_url, PROFILE_AUDIT_SDKAPPID=str(SDKAPPID), PROFILE_AUDIT_API_TOKENS=API_TOKEN
+    )
+
+
 def exchange(
     connection: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None
 ) -> bytes:
@@ -320,10 +333,7 @@ def exchange(
 def test_read_workers_take_all_but_callbacks_and_the_callback_workers_yield_the_cpu(
     database_url: str, tmp_path: Path
 ) -> None:
-    env = cli_env(
-        DATABASE_URL=database_url, PROFILE_AUDIT_SDKAPPID=str(SDKAPPID), PROFILE_AUDIT_API_TOKENS=API_TOKEN
-    )
-    with running_server(env, tmp_path, workers=2, read_workers=1) as server:
+    with running_server(serve_env(database_url), tmp_path, workers=2, read_workers=1) as server:
         serve = psutil.Process(server.process.pid)
         workers = wait_for(lambda: len(found := worker_processes(serve)) == 3 and found, "three workers")
         niceness = {w.pid: w.nice() - serve.nice() for w in workers}
@@ -362,33 +372,14 @@ def test_read_workers_take_all_but_callbacks_and_the_callback_workers_yield_the_
 
 @pytest.mark.faults
 def test_a_killed_read_worker_is_replaced_by_a_read_worker(database_url: str, tmp_path: Path) -> None:
-    env = cli_env(
-        DATABASE_URL=database_url, PROFILE_AUDIT_SDKAPPID=str(SDKAPPID), PROFILE_AUDIT_API_TOKENS=API_TOKEN
-    )
-    with running_server(env, tmp_path, workers=1, read_workers=1) as server:
+    with running_server(serve_env(database_url), tmp_path, workers=1, read_workers=1) as server:
         serve = psutil.Process(server.process.pid)
         workers = wait_for(lambda: len(found := worker_processes(serve)) == 2 and found, "two workers")
         niceness = {w.pid: w.nice() - serve.nice() for w in workers}
         poster = next(pid for pid, added in niceness.items() if added == CALLBACK_NICENESS)
         reader = next(pid for pid, added in niceness.items() if added == 0)
-        os.kill(reader, signal.SIGKILL)
-        wait_for(lambda: not psutil.pid_exists(reader), f"read worker {reader} to be reaped")
-
         # Reads are answered all along: by the callback worker until the replacement is ready.
-        ports: set[int] = set()
-        deadline = time.monotonic() + 60
-        while True:
-            assert time.monotonic() < deadline, "no replacement worker took a read in 60 s"
-            client = Client(server.url)
-            client.get()
-            holders = [pid for pid, held_ports in held(serve, {client.port}).items() if held_ports]
-            ports.add(client.port)
-            client.close()
-            assert len(holders) == 1 and holders[0] != reader, holders
-            if holders[0] != poster:
-                replacement = psutil.Process(holders[0])
-                break
-        wait_until_closed(serve, ports)
+        replacement = psutil.Process(kill_and_wait_for_replacement(server, serve, reader, poster))
         assert replacement.nice() == serve.nice(), "the replacement runs at the read workers' priority"
 
         # Callbacks still go to the callback worker, reads to the replacement.
