@@ -96,9 +96,10 @@ def open_counts(kind: str | None, workers: Sequence[tuple[str | None, int | None
 class Worker:
     """The parent's end of one worker process: its kind, channel and open connection count."""
 
-    def __init__(self, config: Config, kind: str | None, niceness: int) -> None:
+    def __init__(self, config: Config, kind: str | None) -> None:
         self.kind = kind  # None: takes every connection
         self.channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        niceness = CALLBACK_NICENESS if kind == CALLBACKS else 0
         self.process: SpawnProcess = _spawn.Process(target=_worker_main, args=(config, child_end, niceness))
         self.process.start()
         child_end.close()
@@ -207,7 +208,7 @@ class Supervisor:
                 callback()
 
     def _start(self, kind: str | None) -> Worker:
-        worker = Worker(self.config, kind, CALLBACK_NICENESS if kind == CALLBACKS else 0)
+        worker = Worker(self.config, kind)
         self.selector.register(worker.channel, selectors.EVENT_READ, (0, lambda: self._report(worker)))
         self.selector.register(worker.process.sentinel, selectors.EVENT_READ, (0, lambda: self._reap(worker)))
         return worker

@@ -300,6 +300,16 @@ def wait_until_healthy(server: LiveServer, deadline_seconds: float = 90) -> None
                 pytest.fail(f"profile-audit serve did not become healthy:\n{server.log()}")
 
 
+def serve_env(database_url: str, **extra: str) -> dict[str, str]:
+    """The environment of `serve` on `database_url`: SDKAppID 1400000000, token API_TOKEN, `extra`."""
+    return cli_env(
+        DATABASE_URL=database_url,
+        PROFILE_AUDIT_SDKAPPID=str(SDKAPPID),
+        PROFILE_AUDIT_API_TOKENS=API_TOKEN,
+        **extra,
+    )
+
+
 @contextmanager
 def running_server(
     env: dict[str, str], workdir: Path, *, workers: int = 1, read_workers: int = 0, port: int | None = None
@@ -327,12 +337,7 @@ def running_server(
 @pytest.fixture
 def live_server(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
     """`profile-audit serve --workers 2` on the test database (SDKAppID 1400000000, API_TOKEN)."""
-    env = cli_env(
-        DATABASE_URL=database_url,
-        PROFILE_AUDIT_SDKAPPID=str(SDKAPPID),
-        PROFILE_AUDIT_API_TOKENS=API_TOKEN,
-    )
-    with running_server(env, tmp_path, workers=2) as server:
+    with running_server(serve_env(database_url), tmp_path, workers=2) as server:
         yield server
 
 

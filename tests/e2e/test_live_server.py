@@ -14,16 +14,14 @@ import pytest
 from app.config import asyncpg_dsn
 from app.verify import verify_log
 from tests.conftest import (
-    API_TOKEN,
     OK_REPLY,
-    SDKAPPID,
     LiveServer,
-    cli_env,
     count_rows,
     is_fail_reply,
     portrait_body,
     portrait_query,
     running_server,
+    serve_env,
 )
 
 pytestmark = pytest.mark.e2e
@@ -33,12 +31,7 @@ LIMIT = 2048
 
 @pytest.fixture
 def small_server(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
-    env = cli_env(
-        DATABASE_URL=database_url,
-        PROFILE_AUDIT_SDKAPPID=str(SDKAPPID),
-        PROFILE_AUDIT_API_TOKENS=API_TOKEN,
-        PROFILE_AUDIT_MAX_BODY_BYTES=str(LIMIT),
-    )
+    env = serve_env(database_url, PROFILE_AUDIT_MAX_BODY_BYTES=str(LIMIT))
     with running_server(env, tmp_path) as server:
         yield server
 

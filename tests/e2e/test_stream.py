@@ -10,14 +10,12 @@ import httpx
 import pytest
 
 from tests.conftest import (
-    API_TOKEN,
     AUTH,
-    SDKAPPID,
     LiveServer,
-    cli_env,
     portrait_body,
     portrait_query,
     running_server,
+    serve_env,
 )
 
 pytestmark = pytest.mark.e2e
@@ -98,12 +96,7 @@ async def test_stream_requires_a_token(live_server: LiveServer) -> None:
 
 
 async def test_keepalive_comments_while_idle(database_url: str, tmp_path: Path) -> None:
-    env = cli_env(
-        DATABASE_URL=database_url,
-        PROFILE_AUDIT_SDKAPPID=str(SDKAPPID),
-        PROFILE_AUDIT_API_TOKENS=API_TOKEN,
-        PROFILE_AUDIT_STREAM_KEEPALIVE_SECONDS="0.2",
-    )
+    env = serve_env(database_url, PROFILE_AUDIT_STREAM_KEEPALIVE_SECONDS="0.2")
     with running_server(env, tmp_path) as server:
         async with (
             httpx.AsyncClient(base_url=server.url, timeout=10) as http,
@@ -119,11 +112,7 @@ async def test_keepalive_comments_while_idle(database_url: str, tmp_path: Path) 
 
 
 async def test_five_hundred_subscribers_on_one_worker(database_url: str, tmp_path: Path) -> None:
-    env = cli_env(
-        DATABASE_URL=database_url,
-        PROFILE_AUDIT_SDKAPPID=str(SDKAPPID),
-        PROFILE_AUDIT_API_TOKENS=API_TOKEN,
-    )
+    env = serve_env(database_url)
     subscribers = 500
     with running_server(env, tmp_path, workers=1) as server:
         limits = httpx.Limits(max_connections=subscribers + 10, max_keepalive_connections=0)

@@ -27,16 +27,14 @@ import pytest
 
 from app.workers import CALLBACK_NICENESS
 from tests.conftest import (
-    API_TOKEN,
     AUTH,
     REPO_ROOT,
-    SDKAPPID,
     LiveServer,
-    cli_env,
     free_port,
     portrait_body,
     portrait_query,
     running_server,
+    serve_env,
 )
 from tests.faults.load import worker_processes
 
@@ -312,11 +310,10 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_keep_alive_timeout(
     assert live_server.stop() == 0, live_server.log()
 
 
-def serve_env(database_url: str) -> dict[str, str]:
-    """The environment of `serve` on the test database, as the live_server fixture's."""
-    return cli_env(
-        DATABASE_URL=database_url, PROFILE_AUDIT_SDKAPPID=str(SDKAPPID), PROFILE_AUDIT_API_TOKENS=API_TOKEN
-    )
+def port_of(connection: http.client.HTTPConnection) -> int:
+    """The client-side port of an open connection."""
+    assert connection.sock is not None
+    return int(connection.sock.getsockname()[1])
 
 
 def exchange(
@@ -350,10 +347,6 @@ def test_read_workers_take_all_but_callbacks_and_the_callback_workers_yield_the_
         reading = [http.client.HTTPConnection(host, port, timeout=10) for _ in range(3)]
         for connection, path in zip(reading, ["/users/split0/profile", "/healthz", "/metrics"], strict=True):
             exchange(connection, "GET", path)
-
-        def port_of(connection: http.client.HTTPConnection) -> int:
-            assert connection.sock is not None
-            return int(connection.sock.getsockname()[1])
 
         posted, read = {port_of(c) for c in posting}, {port_of(c) for c in reading}
         split = held(serve, posted | read)
@@ -390,8 +383,7 @@ def test_a_killed_read_worker_is_replaced_by_a_read_worker(database_url: str, tm
         reading = [Client(server.url) for _ in range(3)]
         for client in reading:
             client.get()
-        assert posting.sock is not None
-        posted, read = int(posting.sock.getsockname()[1]), {c.port for c in reading}
+        posted, read = port_of(posting), {c.port for c in reading}
         assert held(serve, {posted} | read) == {poster: {posted}, replacement.pid: read}
         posting.close()
         for client in reading:

@@ -31,7 +31,7 @@ import pytest
 from app.config import asyncpg_dsn
 from app.database import upgrade
 from app.embedded import EmbeddedDatabase
-from tests.conftest import API_TOKEN, SDKAPPID, cli_env, run_cli, running_server
+from tests.conftest import run_cli, running_server, serve_env
 from tests.faults.load import Load, assert_stored_exactly_once
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -129,11 +129,7 @@ async def readiness(http: httpx.AsyncClient) -> int:
 
 
 async def test_postgres_restart_mid_load(own_postgres: OwnPostgres, tmp_path: Path) -> None:
-    env = cli_env(
-        DATABASE_URL=own_postgres.url,
-        PROFILE_AUDIT_SDKAPPID=str(SDKAPPID),
-        PROFILE_AUDIT_API_TOKENS=API_TOKEN,
-    )
+    env = serve_env(own_postgres.url)
     with running_server(env, tmp_path, workers=2) as server:
         load = Load(server.url, clients=8, per_client=100)
         outage: dict[str, float] = {}

@@ -30,11 +30,11 @@ from tests.conftest import (
     SDKAPPID,
     LiveServer,
     _admin,
-    cli_env,
     make_settings,
     portrait_body,
     portrait_query,
     running_server,
+    serve_env,
     with_database,
 )
 
@@ -55,11 +55,7 @@ def seeded_server(
     """`serve` on a fresh database holding a few users' changes and another command."""
     name = f"pa_fuzz_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin(server_url, f"CREATE DATABASE {name} TEMPLATE {template_database}"))
-    env = cli_env(
-        DATABASE_URL=with_database(server_url, name),
-        PROFILE_AUDIT_SDKAPPID=str(SDKAPPID),
-        PROFILE_AUDIT_API_TOKENS=API_TOKEN,
-    )
+    env = serve_env(with_database(server_url, name))
     try:
         with running_server(env, tmp_path_factory.mktemp("schemathesis")) as server:
             with httpx.Client(base_url=server.url, timeout=30) as http:
