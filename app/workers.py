@@ -6,6 +6,10 @@ Node's cluster module does, and once a connection's first bytes are in, passes i
 descriptor over a Unix socket pair to the worker holding the fewest open connections (ties taken
 in turn); each worker reports every connection it closes with one byte back.
 
+The parent keeps its own descriptor of a connection until the worker reports that it took it,
+which a worker does before it reads a byte: a connection handed to a worker that dies or shuts
+down before taking it is handed to another worker, with its request still unread, not reset.
+
 With read workers (`--read-workers R`), a connection whose first request is a callback goes to the
 callback workers and any other to the read workers, and the callback workers run at a lower CPU
 priority: under a flood of callbacks, the read API still gets a core when it needs one.
@@ -14,6 +18,7 @@ priority: under a flood of callbacks, the read API still gets a core when it nee
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import multiprocessing
@@ -35,6 +40,7 @@ logger = logging.getLogger("uvicorn.error")
 
 READY = b"R"  # worker to parent: serving, send connections
 CLOSED = b"C"  # worker to parent: one connection closed
+TAKEN = b"T"  # worker to parent: took the oldest connection handed over, has read none of it yet
 STOP_MARGIN = 5.0  # seconds past the graceful-shutdown timeout before a worker is killed
 ACCEPT_PAUSE = 1.0  # seconds without accepting after accept() fails (out of file descriptors)
 OPENING_WAIT = 10.0  # seconds after the first worker is ready that accepting waits for the others
@@ -107,6 +113,8 @@ class Worker:
         self.ready = False  # sent READY and has not closed its channel since
         self.started = False  # sent READY at some time
         self.open = 0
+        # Handed over, not yet taken (oldest first), with the kind each was handed over as.
+        self.unclaimed: collections.deque[tuple[socket.socket, str | None]] = collections.deque()
 
 
 class Supervisor:
@@ -240,9 +248,10 @@ class Supervisor:
             first = b""
         self.selector.unregister(connection)
         del self.waiting[connection]
-        with connection:
-            if first:  # else closed before sending anything
-                self._hand_over(connection, connection_kind(first) if self.read_count else None)
+        if first:
+            self._hand_over(connection, connection_kind(first) if self.read_count else None)
+        else:  # closed before sending anything
+            connection.close()
 
     def _drop_silent(self) -> None:
         # A client that connects and sends nothing (HTTP clients send at once) is not kept for ever.
@@ -273,9 +282,20 @@ class Supervisor:
                 loads[index] = None
                 continue
             worker.open += 1
+            worker.unclaimed.append((connection, kind))
             self.last = index
+            logger.debug("handed a connection to worker [%d]", worker.process.pid)
             return
         logger.warning("no worker could take a connection; closed it")
+        connection.close()
+
+    def _hand_on(self, worker: Worker) -> None:
+        # The worker reads no more from its channel: what it has not taken goes to another one.
+        while worker.unclaimed:
+            connection, kind = worker.unclaimed.popleft()
+            worker.open = max(0, worker.open - 1)
+            logger.warning("worker [%d] did not take a connection; handing it to another", worker.process.pid)
+            self._hand_over(connection, kind)
 
     def _report(self, worker: Worker) -> None:
         if worker.channel.fileno() < 0:  # reaped by a callback of the same select
@@ -289,7 +309,10 @@ class Supervisor:
         if not data:  # the worker is exiting; its sentinel says when it is gone
             worker.ready = False
             self.selector.unregister(worker.channel)
+            self._hand_on(worker)
         else:
+            for _ in range(min(data.count(TAKEN), len(worker.unclaimed))):
+                worker.unclaimed.popleft()[0].close()
             worker.open = max(0, worker.open - data.count(CLOSED))
             if READY in data:
                 worker.ready = worker.started = True
@@ -308,6 +331,7 @@ class Supervisor:
             self.selector.unregister(worker.channel)
         worker.channel.close()
         worker.ready = False
+        self._hand_on(worker)
         code = worker.process.exitcode
         # Exiting with an error before serving (STARTUP_FAILURE: the app or its lifespan failed, or
         # the factory raised) would happen again on every restart: stop instead, as uvicorn does.
@@ -350,6 +374,8 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.join()
             worker.channel.close()
+            for connection, _kind in worker.unclaimed:
+                connection.close()
 
 
 class ChannelServer(Server):
@@ -396,6 +422,10 @@ class ChannelServer(Server):
                 asyncio.get_running_loop().remove_reader(self.channel.fileno())
                 self.should_exit = True
                 return
+            # Before any byte is read: until the parent hears this, it holds the connections too, and
+            # hands them to another worker if this one goes. Only a hung parent leaves its buffer full.
+            with contextlib.suppress(OSError):
+                self.channel.send(TAKEN * len(fds))
             for fd in fds:
                 task = asyncio.get_running_loop().create_task(self._connect(socket.socket(fileno=fd)))
                 self.connecting.add(task)

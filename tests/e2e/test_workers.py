@@ -389,3 +389,34 @@ def test_a_killed_read_worker_is_replaced_by_a_read_worker(database_url: str, tm
         for client in reading:
             client.close()
         assert server.stop() == 0, server.log()
+
+
+@pytest.mark.faults
+def test_a_callback_handed_to_a_worker_that_dies_before_taking_it_is_answered_by_another(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = serve_env(database_url, PROFILE_AUDIT_LOG_LEVEL="DEBUG")
+    with running_server(env, tmp_path, workers=1, read_workers=1) as server:
+        serve = psutil.Process(server.process.pid)
+        workers = wait_for(lambda: len(found := worker_processes(serve)) == 2 and found, "two workers")
+        poster = next(w.pid for w in workers if w.nice() - serve.nice() == CALLBACK_NICENESS)
+        # Stopped, the callback worker still counts as ready: the callback is handed to it and waits
+        # in its channel, unread, until the worker is killed.
+        os.kill(poster, signal.SIGSTOP)
+        parts = urlsplit(server.url)
+        connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+        body = json.dumps(portrait_body("handed-on")).encode()
+        connection.request(
+            "POST", f"/callback?{urlencode(portrait_query())}", body, {"Content-Type": "application/json"}
+        )
+        wait_for(lambda: f"handed a connection to worker [{poster}]" in server.log(), "the hand-over")
+        os.kill(poster, signal.SIGKILL)
+
+        reply = connection.getresponse()
+        assert reply.status == 200, reply.read()
+        assert json.loads(reply.read())["ActionStatus"] == "OK"
+        assert f"worker [{poster}] did not take a connection; handing it to another" in server.log()
+        profile = json.loads(exchange(connection, "GET", "/users/handed-on/profile"))
+        assert (profile["profile"], profile["version"]) == ({"Tag_Profile_IM_Nick": "nick of handed-on"}, 1)
+        connection.close()
+        assert server.stop() == 0, server.log()
