@@ -181,9 +181,21 @@ def migrate() -> None:
 
 
 @cli.command()
-def verify() -> None:
-    """Check the event log end to end; exit 0 when intact, 1 with the first bad position."""
-    from app.verify import verify_log
+def verify(
+    projections: Annotated[
+        bool,
+        typer.Option(
+            "--projections",
+            help="Also fold the log as a rebuild does and compare every projection's table with it, row for row.",
+        ),
+    ] = False,
+) -> None:
+    """Check the event log end to end; exit 0 when intact, 1 with the first bad position.
+
+    With --projections, also check that each projection's table is the fold of the log (what a rebuild would make of it now), in one snapshot while the service keeps serving: a stale projection, or any row missing or unexpected, exits 1. The fold goes to temporary tables about the size of the projections; a rebuild cannot start meanwhile.
+    """
+    from app.rebuild import RebuildBusy
+    from app.verify import verify_log, verify_projections
 
     settings = _settings()
     with database(settings) as url:
@@ -192,13 +204,35 @@ def verify() -> None:
             connection = await asyncpg.connect(asyncpg_dsn(url))
             try:
                 result = await verify_log(connection)
+                if result.intact:
+                    typer.echo(
+                        f"intact: {result.events_checked} events, last position {result.last_position}"
+                    )
+                else:
+                    typer.echo(f"TAMPERED at position {result.bad_position}: {result.reason}")
+                if not projections:
+                    return 0 if result.intact else 1
+                try:
+                    head, checks = await verify_projections(connection)
+                except RebuildBusy as exc:
+                    raise Failure(str(exc)) from exc
             finally:
                 await connection.close()
-            if result.intact:
-                typer.echo(f"intact: {result.events_checked} events, last position {result.last_position}")
-                return 0
-            typer.echo(f"TAMPERED at position {result.bad_position}: {result.reason}")
-            return 1
+            for check in checks:
+                if check.stale:
+                    typer.echo(f"projection {check.name}: STALE, not compared: {check.stale}")
+                elif check.matches:
+                    typer.echo(
+                        f"projection {check.name}: matches the log up to position {head} ({check.rows} rows)"
+                    )
+                else:
+                    typer.echo(
+                        f"projection {check.name}: DIFFERS from the log up to position {head}:"
+                        f" {check.missing} missing, {check.unexpected} unexpected ({check.rows} rows)"
+                    )
+                    for example in check.examples:
+                        typer.echo(f"  {example}")
+            return 0 if result.intact and all(c.matches for c in checks) else 1
 
         code = asyncio.run(run())
     raise typer.Exit(code)

@@ -71,7 +71,7 @@ SESSION_SETTINGS = (
 
 
 class RebuildBusy(Exception):
-    """Another rebuild holds the rebuild lock."""
+    """Another rebuild, or a projection check, holds the rebuild lock."""
 
 
 class RebuildReport(msgspec.Struct, frozen=True):
@@ -116,7 +116,7 @@ async def rebuild_projections(
     report = progress or (lambda _phase, _done, _total: None)
     got_lock = await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", REBUILD_LOCK)
     if not got_lock:
-        raise RebuildBusy("another rebuild is running; wait for it to finish")
+        raise RebuildBusy("another rebuild or a projection check is running; wait for it to finish")
     try:
         workers = [connection, *helpers]
         for worker in workers:

@@ -1,15 +1,25 @@
-"""Integrity check of the whole log: digests, the hash chain, dense positions and the head."""
+"""Integrity checks: the whole log (digests, the hash chain, dense positions and the head), and
+each projection's table against a fold of the log by the code's version of that projection."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from app.ingest import event_digest
+from app.rebuild import (
+    EXTRACT_SQL,
+    REBUILD_LOCK,
+    SESSION_SETTINGS,
+    STAGE_DDL,
+    STAGED_IN,
+    RebuildBusy,
+    select_projections,
+)
 
 GENESIS_HASH = bytes(32)
 
@@ -83,3 +93,91 @@ async def verify_log(
         if bytes(head["hash"]) != previous_hash:
             return VerifyResult(checked, last, last, "log head hash does not match the chain")
     return VerifyResult(checked, last)
+
+
+# The fold of the log, in temporary tables: the staged items (which are the folded
+# profile_changes), each other projection's fill, and the rows in which a table and its fold differ.
+FOLDED_STAGE = "folded__stage"
+EXAMPLES = 5
+
+
+class ProjectionCheck(msgspec.Struct, frozen=True):
+    """How one projection's table compares with the fold of the log (not compared when stale)."""
+
+    name: str
+    rows: int = 0
+    missing: int = 0  # rows of the fold that the table lacks
+    unexpected: int = 0  # rows of the table that the fold does not give
+    examples: list[str] = []  # a few of each, "missing: {…}" / "unexpected: {…}"
+    stale: str | None = None
+
+    @property
+    def matches(self) -> bool:
+        """True when the table is the fold of the log, row for row."""
+        return self.stale is None and self.missing == 0 and self.unexpected == 0
+
+
+async def verify_projections(
+    connection: asyncpg.Connection[Any], names: Sequence[str] = ()
+) -> tuple[int, list[ProjectionCheck]]:
+    """Fold the log as a rebuild does and compare each named projection's table (all by default)
+    with its fold, row for row, in one snapshot; returns the log position compared up to.
+
+    RebuildBusy while a rebuild runs: it swaps the tables, and holds off until this check ends.
+    """
+    projections = select_projections(names)
+    if not await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", REBUILD_LOCK):
+        raise RebuildBusy("a rebuild or another projection check is running; wait for it to finish")
+    try:
+        await connection.execute(SESSION_SETTINGS)
+        async with connection.transaction(isolation="repeatable_read"):
+            head = int(await connection.fetchval("SELECT position FROM log_head"))
+            built = dict(await connection.fetch("SELECT name, version FROM projection_versions"))
+            stale = {
+                p.name: f"built with version {built.get(p.name)}, the code's is {p.version}:"
+                f" run `profile-audit rebuild {p.name}`"
+                for p in projections
+                if built.get(p.name) != p.version
+            }
+            if any(p.name not in stale for p in projections):
+                await connection.execute(
+                    STAGE_DDL.format(kind="TEMP", stage=FOLDED_STAGE) + " ON COMMIT DROP"
+                )
+                await connection.execute(EXTRACT_SQL.format(stage=FOLDED_STAGE), 0, head)
+            checks = [
+                ProjectionCheck(p.name, stale=stale[p.name])
+                if p.name in stale
+                else await _compare(connection, p.name, p.table, p.fill_sql)
+                for p in projections
+            ]
+        return head, checks
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock(hashtext($1))", REBUILD_LOCK)
+
+
+async def _compare(
+    connection: asyncpg.Connection[Any], name: str, table: str, fill_sql: str
+) -> ProjectionCheck:
+    folded = FOLDED_STAGE
+    if name != STAGED_IN:  # the staged items are that projection's fold already
+        folded = f"{table}__folded"
+        await connection.execute(f"CREATE TEMP TABLE {folded} (LIKE {table}) ON COMMIT DROP")
+        await connection.execute(fill_sql.format(target=folded, stage=FOLDED_STAGE))
+    counts, examples = {}, []
+    for kind, query in (
+        ("missing", f"TABLE {folded} EXCEPT ALL TABLE {table}"),
+        ("unexpected", f"TABLE {table} EXCEPT ALL TABLE {folded}"),
+    ):
+        await connection.execute(f"CREATE TEMP TABLE {name}__{kind} ON COMMIT DROP AS {query}")
+        counts[kind] = int(await connection.fetchval(f"SELECT count(*) FROM {name}__{kind}"))
+        examples += [
+            f"{kind}: {row}"
+            for row in await connection.fetchval(
+                f"SELECT array_agg(r ORDER BY r) FROM (SELECT row_to_json(d)::text AS r"
+                f" FROM {name}__{kind} d ORDER BY r LIMIT $1) e",
+                EXAMPLES,
+            )
+            or []
+        ]
+    rows = int(await connection.fetchval(f"SELECT count(*) FROM {table}"))
+    return ProjectionCheck(name, rows, counts["missing"], counts["unexpected"], examples)

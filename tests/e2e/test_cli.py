@@ -145,6 +145,33 @@ async def test_verify_exits_1_with_the_first_bad_position(database_url: str, tmp
         assert f"position {position}" in broken.stdout, broken.stdout
 
 
+async def test_verify_projections_compares_them_with_the_log_and_exits_1_when_one_differs(
+    database_url: str, tmp_path: Path
+) -> None:
+    await append_some(database_url, 5)
+    env = service_env(database_url)
+    plain = run_cli("verify", env=env, cwd=tmp_path)
+    assert plain.returncode == 0 and "projection" not in plain.stdout, plain.stdout + plain.stderr
+    checked = run_cli("verify", "--projections", env=env, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "projection profiles: matches the log up to position 5 (5 rows)" in checked.stdout, checked.stdout
+    assert "projection profile_changes: matches the log up to position 5 (5 rows)" in checked.stdout
+
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await connection.execute("UPDATE profiles SET value = '\"forged\"' WHERE user_id = 'user3'")
+    finally:
+        await connection.close()
+    differs = run_cli("verify", "--projections", env=env, cwd=tmp_path)
+    assert differs.returncode == 1, differs.stdout + differs.stderr
+    assert "intact: 5 events" in differs.stdout, "the log itself is intact"
+    assert "projection profiles: DIFFERS from the log up to position 5: 1 missing, 1 unexpected (5 rows)" in (
+        differs.stdout
+    )
+    assert '"user_id":"user3"' in differs.stdout and '"value":"forged"' in differs.stdout, differs.stdout
+    assert "projection profile_changes: matches" in differs.stdout
+
+
 def test_serve_refuses_a_database_without_schema(empty_database_url: str, tmp_path: Path) -> None:
     result = run_cli("serve", "--port", "1", env=service_env(empty_database_url), cwd=tmp_path, timeout=60)
     assert result.returncode != 0

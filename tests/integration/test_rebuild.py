@@ -250,7 +250,7 @@ async def test_cli_rebuild_reports_and_fixes_stale_projections(
         await side.close()
     assert busy.returncode != 0
     lines = busy.stderr.strip().splitlines()
-    assert len(lines) == 1 and "another rebuild is running" in lines[0], busy.stderr
+    assert len(lines) == 1 and "another rebuild or a projection check is running" in lines[0], busy.stderr
     assert await projection_versions(db) == after
 
     helped = run_cli("rebuild", "--help", env=env, cwd=tmp_path)
