@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.correctness import check_projections
 from bench.rebuildbench import RebuildRun, run_rebuild
 from bench.servers import Running, free_port, real_target
 from bench.wrk import Load, WrkResult, finish_wrk, kill_wrk, start_wrk, wrk_command
@@ -28,6 +29,8 @@ class LiveRebuild:
     ingest: WrkResult
     append_lock_seconds: float | None
     events_caught_up_under_lock: int | None
+    projections_match: bool | None = None  # None: not checked
+    projections_detail: str = ""
 
     @property
     def callbacks_refused(self) -> int:
@@ -48,7 +51,8 @@ def rebuild_while_ingesting(
     log_path: Path,
     workdir: Path,
 ) -> LiveRebuild:
-    """Closed-loop callbacks from before the rebuild starts until after it has swapped."""
+    """Closed-loop callbacks from before the rebuild starts until after it has swapped; then the
+    projections, rebuilt and caught up under load, are checked against the fold of the log."""
     port = free_port()
     running = Running(real_target(port, workers, url, sdkappid), port, log_path, workdir)
     load = Load(connections, min(2, connections), 0, 0, 10, 1000)
@@ -72,10 +76,13 @@ def rebuild_while_ingesting(
     if rebuild.exit_status != 0:
         raise RuntimeError(f"profile-audit rebuild exited {rebuild.exit_status}:\n{rebuild.output}")
     reported = LOCK_REPORTED.search(rebuild.output)
+    matches, detail = check_projections(url)
     return LiveRebuild(
         connections=connections,
         rebuild=rebuild,
         ingest=ingest,
         append_lock_seconds=float(reported["seconds"]) if reported else None,
         events_caught_up_under_lock=int(reported["events"]) if reported else None,
+        projections_match=matches,
+        projections_detail=detail,
     )

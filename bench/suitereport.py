@@ -166,10 +166,12 @@ def _targets(result: SuiteResult) -> list[str]:
             f" {'as generated' if case.counts_ok else 'WRONG'}"
         )
     if result.live_rebuild is not None:
-        refused = result.live_rebuild.callbacks_refused
+        live = result.live_rebuild
+        passed = live.callbacks_refused == 0 and live.projections_match is True
         checks.append(
-            f"rebuild while callbacks arrive: {refused} of {result.live_rebuild.ingest.sent:,} callbacks"
-            f" refused → {'PASS' if refused == 0 else 'FAIL'}"
+            f"rebuild while callbacks arrive: {live.callbacks_refused} of {live.ingest.sent:,} callbacks"
+            f" refused; projections after it: {live.projections_detail or 'not checked'}"
+            f" → {'PASS' if passed else 'FAIL'}"
         )
     return lines + [f"- {line}" for line in checks] + [""]
 

@@ -36,11 +36,12 @@ class SuiteResult:
 
     @property
     def checks_passed(self) -> bool:
-        """The self-check, the ingest log check, the rebuilt row counts and the callbacks during a
-        rebuild all passed (when run)."""
+        """The self-check, the ingest log check, the rebuilt row counts, and the callbacks during a
+        rebuild with the projections after it, all passed (when run)."""
         ok = self.check is None or self.check.passed
         if self.ingest is not None and self.ingest.correctness is not None:
             ok = ok and self.ingest.correctness.passed
         if self.live_rebuild is not None:
-            ok = ok and self.live_rebuild.callbacks_refused == 0
+            live = self.live_rebuild
+            ok = ok and live.callbacks_refused == 0 and live.projections_match is True
         return ok and all(case.counts_ok for case in self.rebuilds)
