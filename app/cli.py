@@ -37,12 +37,16 @@ cli = typer.Typer(
 
 
 @contextmanager
-def rebuild_progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar on a terminal, plain log lines otherwise."""
+def progress_display(command: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar per phase on a terminal, else a log line each tenth of a phase."""
     if not sys.stderr.isatty():
+        tenths: dict[str, int] = {}
 
         def log_line(phase: str, done: int, total: int) -> None:
-            typer.echo(f"rebuild: {phase} {done}/{total}", err=True)
+            tenth = 10 * done // total if total > 0 else 10
+            if tenth > tenths.get(phase, -1):
+                tenths[phase] = tenth
+                typer.echo(f"{command}: {phase} {done}/{total}", err=True)
 
         yield log_line
         return
@@ -71,6 +75,8 @@ PHASES = {
     "build": "building projections",
     "catch-up": "catching up on new events",
     "swap": "swapping in",
+    "log": "checking the log",
+    "projections": "folding the log and comparing the projections",
 }
 
 
@@ -203,7 +209,19 @@ def verify(
         async def run() -> int:
             connection = await asyncpg.connect(asyncpg_dsn(url))
             try:
-                result = await verify_log(connection)
+                with progress_display("verify") as progress:
+                    head = int(await connection.fetchval("SELECT position FROM log_head"))
+                    result = await verify_log(
+                        connection, progress=lambda checked: progress("log", checked, max(head, checked))
+                    )
+                    progress("log", result.events_checked, max(head, result.events_checked))
+                    if projections:
+                        try:
+                            head, checks = await verify_projections(
+                                connection, progress=lambda done, total: progress("projections", done, total)
+                            )
+                        except RebuildBusy as exc:
+                            raise Failure(str(exc)) from exc
                 if result.intact:
                     typer.echo(
                         f"intact: {result.events_checked} events, last position {result.last_position}"
@@ -212,10 +230,6 @@ def verify(
                     typer.echo(f"TAMPERED at position {result.bad_position}: {result.reason}")
                 if not projections:
                     return 0 if result.intact else 1
-                try:
-                    head, checks = await verify_projections(connection)
-                except RebuildBusy as exc:
-                    raise Failure(str(exc)) from exc
             finally:
                 await connection.close()
             for check in checks:
@@ -258,7 +272,7 @@ def rebuild(
         async def run() -> None:
             connections = [await asyncpg.connect(asyncpg_dsn(url)) for _ in range(jobs)]
             try:
-                with rebuild_progress() as progress:
+                with progress_display("rebuild") as progress:
                     report = await rebuild_projections(
                         connections[0], chosen, progress=progress, helpers=connections[1:]
                     )

@@ -118,7 +118,10 @@ class ProjectionCheck(msgspec.Struct, frozen=True):
 
 
 async def verify_projections(
-    connection: asyncpg.Connection[Any], names: Sequence[str] = ()
+    connection: asyncpg.Connection[Any],
+    names: Sequence[str] = (),
+    *,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[int, list[ProjectionCheck]]:
     """Fold the log as a rebuild does and compare each named projection's table (all by default)
     with its fold, row for row, in one snapshot; returns the log position compared up to.
@@ -126,6 +129,7 @@ async def verify_projections(
     RebuildBusy while a rebuild runs: it swaps the tables, and holds off until this check ends.
     """
     projections = select_projections(names)
+    report = progress or (lambda _done, _total: None)
     if not await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", REBUILD_LOCK):
         raise RebuildBusy("a rebuild or another projection check is running; wait for it to finish")
     try:
@@ -139,17 +143,22 @@ async def verify_projections(
                 for p in projections
                 if built.get(p.name) != p.version
             }
+            steps = 1 + len(projections)  # the fold's extract, then one comparison each
+            report(0, steps)
             if any(p.name not in stale for p in projections):
                 await connection.execute(
                     STAGE_DDL.format(kind="TEMP", stage=FOLDED_STAGE) + " ON COMMIT DROP"
                 )
                 await connection.execute(EXTRACT_SQL.format(stage=FOLDED_STAGE), 0, head)
-            checks = [
-                ProjectionCheck(p.name, stale=stale[p.name])
-                if p.name in stale
-                else await _compare(connection, p.name, p.table, p.fill_sql)
-                for p in projections
-            ]
+            report(1, steps)
+            checks = []
+            for p in projections:
+                checks.append(
+                    ProjectionCheck(p.name, stale=stale[p.name])
+                    if p.name in stale
+                    else await _compare(connection, p.name, p.table, p.fill_sql)
+                )
+                report(1 + len(checks), steps)
         return head, checks
     finally:
         await connection.execute("SELECT pg_advisory_unlock(hashtext($1))", REBUILD_LOCK)

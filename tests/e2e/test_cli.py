@@ -156,6 +156,10 @@ async def test_verify_projections_compares_them_with_the_log_and_exits_1_when_on
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "projection profiles: matches the log up to position 5 (5 rows)" in checked.stdout, checked.stdout
     assert "projection profile_changes: matches the log up to position 5 (5 rows)" in checked.stdout
+    # Off a terminal, progress goes to standard error as a line each tenth of a phase.
+    progress = checked.stderr.splitlines()
+    assert "verify: log 5/5" in progress and "verify: projections 3/3" in progress, checked.stderr
+    assert "verify: projections" not in plain.stderr
 
     connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
