@@ -201,52 +201,48 @@ def verify(
     With --projections, also check that each projection's table is the fold of the log (what a rebuild would make of it now), in one snapshot while the service keeps serving: a stale projection, or any row missing or unexpected, exits 1. The fold goes to temporary tables about the size of the projections; a rebuild cannot start meanwhile.
     """
     from app.rebuild import RebuildBusy
-    from app.verify import verify_log, verify_projections
+    from app.verify import ProjectionCheck, verify_log, verify_projections
 
     settings = _settings()
     with database(settings) as url:
 
         async def run() -> int:
+            position, checks = 0, list[ProjectionCheck]()
             connection = await asyncpg.connect(asyncpg_dsn(url))
             try:
                 with progress_display("verify") as progress:
+                    if projections:  # first: a rebuild running refuses it at once
+                        position, checks = await verify_projections(
+                            connection, progress=lambda done, total: progress("projections", done, total)
+                        )
                     head = int(await connection.fetchval("SELECT position FROM log_head"))
                     result = await verify_log(
                         connection, progress=lambda checked: progress("log", checked, max(head, checked))
                     )
                     progress("log", result.events_checked, max(head, result.events_checked))
-                    if projections:
-                        try:
-                            head, checks = await verify_projections(
-                                connection, progress=lambda done, total: progress("projections", done, total)
-                            )
-                        except RebuildBusy as exc:
-                            raise Failure(str(exc)) from exc
-                if result.intact:
-                    typer.echo(
-                        f"intact: {result.events_checked} events, last position {result.last_position}"
-                    )
-                else:
-                    typer.echo(f"TAMPERED at position {result.bad_position}: {result.reason}")
-                if not projections:
-                    return 0 if result.intact else 1
+            except RebuildBusy as exc:
+                raise Failure(str(exc)) from exc
             finally:
                 await connection.close()
+            if result.intact:
+                typer.echo(f"intact: {result.events_checked} events, last position {result.last_position}")
+            else:
+                typer.echo(f"TAMPERED at position {result.bad_position}: {result.reason}")
             for check in checks:
                 if check.stale:
                     typer.echo(f"projection {check.name}: STALE, not compared: {check.stale}")
                 elif check.matches:
                     typer.echo(
-                        f"projection {check.name}: matches the log up to position {head} ({check.rows} rows)"
+                        f"projection {check.name}: matches the log up to position {position} ({check.rows} rows)"
                     )
                 else:
                     typer.echo(
-                        f"projection {check.name}: DIFFERS from the log up to position {head}:"
+                        f"projection {check.name}: DIFFERS from the log up to position {position}:"
                         f" {check.missing} missing, {check.unexpected} unexpected ({check.rows} rows)"
                     )
                     for example in check.examples:
                         typer.echo(f"  {example}")
-            return 0 if result.intact and all(c.matches for c in checks) else 1
+            return 0 if result.intact and all(check.matches for check in checks) else 1
 
         code = asyncio.run(run())
     raise typer.Exit(code)

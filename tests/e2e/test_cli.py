@@ -17,6 +17,7 @@ from app.config import asyncpg_dsn
 from app.database import head_revision
 from app.eventstore import EventStore
 from app.ingest import decode_callback
+from app.rebuild import REBUILD_LOCK
 from tests.conftest import (
     API_TOKEN,
     REPO_ROOT,
@@ -174,6 +175,16 @@ async def test_verify_projections_compares_them_with_the_log_and_exits_1_when_on
     )
     assert '"user_id":"user3"' in differs.stdout and '"value":"forged"' in differs.stdout, differs.stdout
     assert "projection profile_changes: matches" in differs.stdout
+
+    # While a rebuild holds the rebuild lock: non-zero, with a one-line reason.
+    side = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await side.execute("SELECT pg_advisory_lock(hashtext($1))", REBUILD_LOCK)
+        busy = run_cli("verify", "--projections", env=env, cwd=tmp_path)
+    finally:
+        await side.close()
+    assert busy.returncode != 0
+    assert "a rebuild or another projection check is running" in one_line_error(busy.stderr), busy.stderr
 
 
 def test_serve_refuses_a_database_without_schema(empty_database_url: str, tmp_path: Path) -> None:
