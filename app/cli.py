@@ -216,10 +216,12 @@ def verify(
                             connection, progress=lambda done, total: progress("projections", done, total)
                         )
                     head = int(await connection.fetchval("SELECT position FROM log_head"))
-                    result = await verify_log(
-                        connection, progress=lambda checked: progress("log", checked, max(head, checked))
-                    )
-                    progress("log", result.events_checked, max(head, result.events_checked))
+
+                    def checked_up_to(checked: int) -> None:
+                        progress("log", checked, max(head, checked))
+
+                    result = await verify_log(connection, progress=checked_up_to)
+                    checked_up_to(result.events_checked)
             except RebuildBusy as exc:
                 raise Failure(str(exc)) from exc
             finally:
@@ -238,7 +240,7 @@ def verify(
                 else:
                     typer.echo(
                         f"projection {check.name}: DIFFERS from the log up to position {position}:"
-                        f" {check.missing} missing, {check.unexpected} unexpected ({check.rows} rows)"
+                        f" {check.verdict} ({check.rows} rows)"
                     )
                     for example in check.examples:
                         typer.echo(f"  {example}")

@@ -116,6 +116,13 @@ class ProjectionCheck(msgspec.Struct, frozen=True):
         """True when the table is the fold of the log, row for row."""
         return self.stale is None and self.missing == 0 and self.unexpected == 0
 
+    @property
+    def verdict(self) -> str:
+        """`matches`, `STALE`, or how many rows are missing and unexpected."""
+        if self.stale is not None:
+            return "STALE"
+        return "matches" if self.matches else f"{self.missing} missing, {self.unexpected} unexpected"
+
 
 async def verify_projections(
     connection: asyncpg.Connection[Any],

@@ -59,17 +59,7 @@ class Correctness:
 
 def describe(head: int, checks: list[ProjectionCheck]) -> str:
     """One line: each projection against the fold of the log up to `head`."""
-    parts = [
-        f"{c.name} ({c.rows:,} rows) "
-        + (
-            "matches"
-            if c.matches
-            else "STALE"
-            if c.stale
-            else f"{c.missing} missing, {c.unexpected} unexpected"
-        )
-        for c in checks
-    ]
+    parts = [f"{c.name} ({c.rows:,} rows) {c.verdict}" for c in checks]
     return f"{'; '.join(parts)} (the fold of the log up to position {head:,})"
 
 
