@@ -9,6 +9,8 @@ in turn); each worker reports every connection it closes with one byte back.
 The parent keeps its own descriptor of a connection until the worker reports that it took it,
 which a worker does before it reads a byte: a connection handed to a worker that dies or shuts
 down before taking it is handed to another worker, with its request still unread, not reset.
+When no worker at all is ready (every one of them restarting), the parent holds its connections
+until one is, for up to HOLD_WAIT seconds, and accepts no new ones meanwhile.
 
 With read workers (`--read-workers R`), a connection whose first request is a callback goes to the
 callback workers and any other to the read workers, and the callback workers run at a lower CPU
@@ -44,6 +46,7 @@ TAKEN = b"T"  # worker to parent: took the oldest connection handed over, has re
 STOP_MARGIN = 5.0  # seconds past the graceful-shutdown timeout before a worker is killed
 ACCEPT_PAUSE = 1.0  # seconds without accepting after accept() fails (out of file descriptors)
 OPENING_WAIT = 10.0  # seconds after the first worker is ready that accepting waits for the others
+HOLD_WAIT = 10.0  # seconds a connection is held for a worker to become ready when none is
 CALLBACK_LINE = b"POST /callback"  # how a connection's first request starts when it is a callback
 CALLBACK_NICENESS = 10  # added to the callback workers' niceness when read workers take the rest
 CALLBACKS, READS = "callbacks", "reads"  # the kinds of worker, and of connection, when split
@@ -130,6 +133,8 @@ class Supervisor:
         # Accepted, nothing received yet: when each is given up if still silent. One timeout for
         # all, so insertion order is deadline order.
         self.waiting: dict[socket.socket, float] = {}
+        # Requests in, no worker ready to take them: (connection, kind, when it is given up), oldest first.
+        self.held: collections.deque[tuple[socket.socket, str | None, float]] = collections.deque()
         self.retiring: list[Worker] = []  # after SIGHUP: replaced one at a time
         self.last = workers + read_workers - 1
         self.listening = False
@@ -193,7 +198,8 @@ class Supervisor:
     def _loop(self) -> None:
         while not self.stopping:
             first_silent = next(iter(self.waiting.values()), None)
-            wakes = [t for t in (self.resume_at, first_silent) if t is not None]
+            first_held = self.held[0][2] if self.held else None
+            wakes = [t for t in (self.resume_at, first_silent, first_held) if t is not None]
             events = self.selector.select(max(0.0, min(wakes) - time.monotonic()) if wakes else None)
             if self.hangup:
                 self.hangup = False
@@ -201,6 +207,7 @@ class Supervisor:
                 self.retiring = list(self.workers)
                 self._retire_next()
             self._drop_silent()
+            self._drop_held()
             if self.resume_at is not None and time.monotonic() >= self.resume_at:
                 self.resume_at = None
                 self.opening = False
@@ -264,6 +271,13 @@ class Supervisor:
             self.selector.unregister(connection)
             connection.close()
 
+    def _drop_held(self) -> None:
+        now = time.monotonic()
+        while self.held and self.held[0][2] <= now:
+            connection, _kind, _deadline = self.held.popleft()
+            logger.warning("no worker became ready within %.0f s; closed a connection", HOLD_WAIT)
+            connection.close()
+
     def _retire_next(self) -> None:
         # Once the previous one's replacement is serving, so that the others keep serving meanwhile.
         while self.retiring:
@@ -272,7 +286,9 @@ class Supervisor:
                 worker.process.terminate()
                 return
 
-    def _hand_over(self, connection: socket.socket, kind: str | None) -> None:
+    def _hand_over(
+        self, connection: socket.socket, kind: str | None, held_until: float | None = None
+    ) -> None:
         loads = open_counts(kind, [(w.kind, w.open if w.ready else None) for w in self.workers])
         while (index := least_loaded(loads, self.last)) is not None:
             worker = self.workers[index]
@@ -286,8 +302,21 @@ class Supervisor:
             self.last = index
             logger.debug("handed a connection to worker [%d]", worker.process.pid)
             return
-        logger.warning("no worker could take a connection; closed it")
-        connection.close()
+        if self.stopping:
+            connection.close()
+            return
+        if held_until is None:
+            logger.warning(
+                "no worker is ready; holding a connection for the next one (up to %.0f s)", HOLD_WAIT
+            )
+            held_until = time.monotonic() + HOLD_WAIT
+        self.held.append((connection, kind, held_until))
+
+    def _hand_held(self) -> None:
+        # A worker is ready: what waited for one goes out now, oldest first.
+        for _ in range(len(self.held)):
+            connection, kind, held_until = self.held.popleft()
+            self._hand_over(connection, kind, held_until)
 
     def _hand_on(self, worker: Worker) -> None:
         # The worker reads no more from its channel: what it has not taken goes to another one.
@@ -316,6 +345,7 @@ class Supervisor:
             worker.open = max(0, worker.open - data.count(CLOSED))
             if READY in data:
                 worker.ready = worker.started = True
+                self._hand_held()
                 if worker not in self.retiring:
                     self._retire_next()
                 if self.opening and all(w.ready for w in self.workers):
@@ -360,6 +390,8 @@ class Supervisor:
         with contextlib.suppress(AttributeError):  # bind_socket exited before there was one
             self.listener.close()
         for connection in self.waiting:
+            connection.close()
+        for connection, _kind, _deadline in self.held:
             connection.close()
         for worker in self.workers:
             if worker.process.exitcode is None:

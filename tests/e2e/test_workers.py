@@ -420,3 +420,37 @@ def test_a_callback_handed_to_a_worker_that_dies_before_taking_it_is_answered_by
         assert (profile["profile"], profile["version"]) == ({"Tag_Profile_IM_Nick": "nick of handed-on"}, 1)
         connection.close()
         assert server.stop() == 0, server.log()
+
+
+@pytest.mark.faults
+def test_a_callback_whose_workers_all_die_waits_for_a_replacement(database_url: str, tmp_path: Path) -> None:
+    env = serve_env(database_url, PROFILE_AUDIT_LOG_LEVEL="DEBUG")
+    with running_server(env, tmp_path, workers=2) as server:
+        serve = psutil.Process(server.process.pid)
+        workers = wait_for(lambda: len(found := worker_processes(serve)) == 2 and found, "two workers")
+        # Stopped, both still count as ready: the callback is handed to one and waits, unread, in its
+        # channel. Killed together, neither can take it, and their replacements are not ready yet.
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGSTOP)
+        parts = urlsplit(server.url)
+        connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+        body = json.dumps(portrait_body("held")).encode()
+        connection.request(
+            "POST", f"/callback?{urlencode(portrait_query())}", body, {"Content-Type": "application/json"}
+        )
+        wait_for(
+            lambda: any(f"handed a connection to worker [{w.pid}]" in server.log() for w in workers),
+            "the hand-over",
+        )
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGKILL)
+
+        reply = connection.getresponse()
+        assert reply.status == 200, reply.read()
+        assert json.loads(reply.read())["ActionStatus"] == "OK"
+        assert "no worker is ready; holding a connection for the next one" in server.log()
+        assert not {w.pid for w in workers} & {w.pid for w in worker_processes(serve)}
+        profile = json.loads(exchange(connection, "GET", "/users/held/profile"))
+        assert (profile["profile"], profile["version"]) == ({"Tag_Profile_IM_Nick": "nick of held"}, 1)
+        connection.close()
+        assert server.stop() == 0, server.log()

@@ -1,4 +1,5 @@
-"""The supervisor holds a handed-over connection until its worker reports it taken.
+"""The supervisor holds a handed-over connection until its worker reports it taken, and a
+connection no worker is ready for until one is.
 
 Workers here are the parent's side of real socket pairs, without processes: the test plays each
 worker's end of the channel, and a real TCP connection carries the request.
@@ -9,13 +10,14 @@ from __future__ import annotations
 import collections
 import selectors
 import socket
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 from uvicorn import Config
 
-from app.workers import TAKEN, Supervisor, Worker
+from app.workers import HOLD_WAIT, READY, TAKEN, Supervisor, Worker
 
 REQUEST = b"POST /callback?SdkAppid=1 HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -76,4 +78,54 @@ def test_a_connection_a_worker_leaves_untaken_goes_to_another_with_its_request_u
         assert not second.unclaimed and accepted.fileno() == -1
     assert client.recv(100) == b""
     second_end.close()
+    supervisor.selector.close()
+
+
+def test_a_connection_no_worker_is_ready_for_waits_for_the_next_ready_one(
+    connection: tuple[socket.socket, socket.socket],
+) -> None:
+    client, accepted = connection
+    supervisor = Supervisor(Config("app.app:create_app"), 1)
+    restarting, restarting_end = channel_worker(supervisor, 201)
+    restarting.ready = False  # replaced after a crash, not serving yet
+    supervisor.listener = socket.create_server(("127.0.0.1", 0))  # accepting resumes once it is ready
+    supervisor._hand_over(accepted, None)
+    assert accepted.fileno() != -1 and len(supervisor.held) == 1 and restarting.open == 0
+
+    # Ready: the held connection goes to it, request unread, and the parent holds it no more.
+    restarting_end.send(READY)
+    supervisor._report(restarting)
+    assert not supervisor.held and (len(restarting.unclaimed), restarting.open) == (1, 1)
+    _, fds, _, _ = socket.recv_fds(restarting_end, 64, 16)
+    assert len(fds) == 1
+    with socket.socket(fileno=fds[0]) as taken:
+        assert taken.recv(len(REQUEST)) == REQUEST
+        taken.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert client.recv(100).startswith(b"HTTP/1.1 200 OK")
+    assert supervisor.listening
+    restarting_end.close()
+    supervisor.selector.close()
+    supervisor.listener.close()
+    accepted.close()
+
+
+def test_a_held_connection_is_closed_when_no_worker_becomes_ready_in_time(
+    connection: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, accepted = connection
+    supervisor = Supervisor(Config("app.app:create_app"), 1)
+    restarting, restarting_end = channel_worker(supervisor, 301)
+    restarting.ready = False
+    now = 1000.0
+    monkeypatch.setattr(time, "monotonic", lambda: now)
+    supervisor._hand_over(accepted, None)
+    supervisor._drop_held()
+    assert len(supervisor.held) == 1 and accepted.fileno() != -1
+
+    now += HOLD_WAIT
+    supervisor._drop_held()
+    assert not supervisor.held and accepted.fileno() == -1
+    with pytest.raises(ConnectionResetError):  # closed with its request unread
+        client.recv(100)
+    restarting_end.close()
     supervisor.selector.close()
