@@ -17,6 +17,13 @@ from app.ingest import NewEvent
 log = logging.getLogger(__name__)
 
 
+# Writers (one per process, on any host) take turns on this advisory lock, and each gathers its
+# batch once its turn comes: what arrives while another writer commits joins that batch instead of
+# queueing behind it in the database. Batches are twice as large with two writers, and PostgreSQL
+# spends less per event. Only a matter of speed: append_events serialises appends on its own.
+TURN_LOCK = "profile-audit:append"
+
+
 class StoreUnavailable(Exception):
     """The event could not be committed (database down, stalled, or the writer stopping)."""
 
@@ -29,7 +36,7 @@ class GroupCommitter:
     """Commits concurrently submitted events in shared transactions over one dedicated connection.
 
     While one batch commits, the next gathers in the queue, so throughput grows with concurrency
-    instead of being bounded by one fsync per request.
+    instead of being bounded by one fsync per request. Writers take turns (TURN_LOCK).
     """
 
     def __init__(
@@ -114,10 +121,16 @@ class GroupCommitter:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
             try:
-                await self._commit(batch)
+                turn_wait = await self._take_turn()
+                while len(batch) < self._max_batch and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                if isinstance(turn_wait, Exception):  # the database is out of reach: so is the append
+                    log.warning("append failed: %s: %s", turn_wait.__class__.__name__, turn_wait)
+                    _fail(batch, StoreUnavailable(f"database unavailable: {turn_wait.__class__.__name__}"))
+                    continue
+                await self._commit(batch, turn_wait)
+                await self._end_turn()
             except asyncio.CancelledError:
                 # Stopped while the batch was in the database: whether it committed is unknown
                 # here, and its callers must not wait for an answer that will never come.
@@ -134,7 +147,28 @@ class GroupCommitter:
             )
         return self._connection
 
-    async def _commit(self, batch: list[tuple[NewEvent, asyncio.Future[Appended]]]) -> None:
+    async def _take_turn(self) -> float | Exception:
+        """Wait for this writer's turn: the seconds waited, or why the database could not be asked."""
+        started = time.perf_counter()
+        try:
+            connection = await self._connect()
+            await connection.execute("SELECT pg_advisory_lock(hashtext($1))", TURN_LOCK)
+        except Exception as exc:  # reported with the batch it fails
+            await self._drop_connection()
+            return exc
+        return time.perf_counter() - started
+
+    async def _end_turn(self) -> None:
+        if self._connection is None:  # dropped by a failed append, which ended the turn with it
+            return
+        try:
+            await self._connection.execute("SELECT pg_advisory_unlock(hashtext($1))", TURN_LOCK)
+        except Exception:  # the next append reconnects, and reports
+            await self._drop_connection()  # which ends the turn too
+
+    async def _commit(
+        self, batch: list[tuple[NewEvent, asyncio.Future[Appended]]], turn_wait: float = 0.0
+    ) -> None:
         events = [event for event, _ in batch]
         started = time.perf_counter()
         try:
@@ -144,7 +178,8 @@ class GroupCommitter:
             if _is_data_error(exc) and len(batch) > 1:
                 # One bad event must not fail its neighbours: retry them one by one.
                 for item in batch:
-                    await self._commit([item])
+                    await self._commit([item], turn_wait)
+                    turn_wait = 0.0
                 return
             if not _is_data_error(exc):
                 await self._drop_connection()
@@ -157,7 +192,7 @@ class GroupCommitter:
             _fail(batch, StoreUnavailable(f"database unavailable: {exc.__class__.__name__}"))
             return
         if self._on_batch is not None:
-            self._on_batch(len(batch), time.perf_counter() - started, lock_wait)
+            self._on_batch(len(batch), time.perf_counter() - started, lock_wait + turn_wait)
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

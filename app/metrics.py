@@ -41,7 +41,7 @@ BATCH_SECONDS = Histogram(
 )
 LOCK_WAIT_SECONDS = Histogram(
     "profile_audit_append_lock_wait_seconds",
-    "Time a batch waited for the append lock (the log head row)",
+    "Time a batch waited for its writer's turn and for the append lock (the log head row)",
     buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
 )
 REJECTED = Counter(
