@@ -22,6 +22,17 @@ log = logging.getLogger(__name__)
 # queueing behind it in the database. Batches are twice as large with two writers, and PostgreSQL
 # spends less per event. Only a matter of speed: append_events serialises appends on its own.
 TURN_LOCK = "profile-audit:append"
+# A writer takes turns after a batch that waited this long for another writer (seconds), and
+# stops after CALM batches in a row that did not: a lone writer would pay two round trips per
+# batch for nothing. Two busy writers often find the turn free, so one calm batch proves little.
+CONTENDED = 0.0005
+CALM = 100
+# Takes the turn; answers whether it had to wait for it (the wait's duration includes a round trip).
+TAKE_TURN_SQL = """
+SELECT CASE WHEN pg_try_advisory_lock(hashtext($1)) THEN false
+            ELSE (SELECT true FROM (SELECT pg_advisory_lock(hashtext($1))) AS waited)
+       END
+"""
 
 
 class StoreUnavailable(Exception):
@@ -60,6 +71,7 @@ class GroupCommitter:
         self._closing = False
         self._on_batch = on_batch
         self._drain_timeout = drain_timeout
+        self._calm = CALM  # batches in a row that did not wait for another writer
 
     async def start(self) -> None:
         """Start the writer task."""
@@ -122,7 +134,8 @@ class GroupCommitter:
         while True:
             batch = [await self._queue.get()]
             try:
-                turn_wait = await self._take_turn()
+                turns = self._calm < CALM
+                turn_wait = await self._take_turn() if turns else 0.0
                 while len(batch) < self._max_batch and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 if isinstance(turn_wait, Exception):  # the database is out of reach: so is the append
@@ -130,7 +143,8 @@ class GroupCommitter:
                     _fail(batch, StoreUnavailable(f"database unavailable: {turn_wait.__class__.__name__}"))
                     continue
                 await self._commit(batch, turn_wait)
-                await self._end_turn()
+                if turns:
+                    await self._end_turn()
             except asyncio.CancelledError:
                 # Stopped while the batch was in the database: whether it committed is unknown
                 # here, and its callers must not wait for an answer that will never come.
@@ -148,15 +162,16 @@ class GroupCommitter:
         return self._connection
 
     async def _take_turn(self) -> float | Exception:
-        """Wait for this writer's turn: the seconds waited, or why the database could not be asked."""
+        """Wait for this writer's turn: the seconds waited for another writer (0.0 when it did not
+        wait), or why the database could not be asked."""
         started = time.perf_counter()
         try:
             connection = await self._connect()
-            await connection.execute("SELECT pg_advisory_lock(hashtext($1))", TURN_LOCK)
+            waited = await connection.fetchval(TAKE_TURN_SQL, TURN_LOCK)
         except Exception as exc:  # reported with the batch it fails
             await self._drop_connection()
             return exc
-        return time.perf_counter() - started
+        return time.perf_counter() - started if waited else 0.0
 
     async def _end_turn(self) -> None:
         if self._connection is None:  # dropped by a failed append, which ended the turn with it
@@ -191,6 +206,7 @@ class GroupCommitter:
             log.warning("append failed: %s: %s", exc.__class__.__name__, exc)
             _fail(batch, StoreUnavailable(f"database unavailable: {exc.__class__.__name__}"))
             return
+        self._calm = 0 if lock_wait + turn_wait >= CONTENDED else self._calm + 1
         if self._on_batch is not None:
             self._on_batch(len(batch), time.perf_counter() - started, lock_wait + turn_wait)
         for (_, future), result in zip(batch, results, strict=True):
