@@ -17,10 +17,11 @@ from app.ingest import NewEvent
 log = logging.getLogger(__name__)
 
 
-# Writers (one per process, on any host) take turns on this advisory lock, and each gathers its
-# batch once its turn comes: what arrives while another writer commits joins that batch instead of
-# queueing behind it in the database. Batches are twice as large with two writers, and PostgreSQL
-# spends less per event. Only a matter of speed: append_events serialises appends on its own.
+# Writers that contend (one per process, on any host) take turns on this advisory lock, and each
+# gathers its batch once its turn comes: what arrives while another writer commits joins that
+# batch instead of queueing behind it in the database. Batches are twice as large with two
+# writers, and PostgreSQL spends less per event. Only a matter of speed: append_events serialises
+# appends on its own.
 TURN_LOCK = "profile-audit:append"
 # A writer takes turns after a batch that waited this long for another writer (seconds), and
 # stops after CALM batches in a row that did not: a lone writer would pay two round trips per
@@ -47,7 +48,7 @@ class GroupCommitter:
     """Commits concurrently submitted events in shared transactions over one dedicated connection.
 
     While one batch commits, the next gathers in the queue, so throughput grows with concurrency
-    instead of being bounded by one fsync per request. Writers take turns (TURN_LOCK).
+    instead of being bounded by one fsync per request. Writers that contend take turns (TURN_LOCK).
     """
 
     def __init__(
@@ -139,8 +140,7 @@ class GroupCommitter:
                 while len(batch) < self._max_batch and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 if isinstance(turn_wait, Exception):  # the database is out of reach: so is the append
-                    log.warning("append failed: %s: %s", turn_wait.__class__.__name__, turn_wait)
-                    _fail(batch, StoreUnavailable(f"database unavailable: {turn_wait.__class__.__name__}"))
+                    _unavailable(batch, turn_wait)
                     continue
                 await self._commit(batch, turn_wait)
                 if turns:
@@ -203,8 +203,7 @@ class GroupCommitter:
             return
         except Exception as exc:
             await self._drop_connection()
-            log.warning("append failed: %s: %s", exc.__class__.__name__, exc)
-            _fail(batch, StoreUnavailable(f"database unavailable: {exc.__class__.__name__}"))
+            _unavailable(batch, exc)
             return
         self._calm = 0 if lock_wait + turn_wait >= CONTENDED else self._calm + 1
         if self._on_batch is not None:
@@ -232,6 +231,11 @@ def _fail(batch: list[tuple[NewEvent, asyncio.Future[Appended]]], exc: Exception
     for _, future in batch:
         if not future.done():
             future.set_exception(exc)
+
+
+def _unavailable(batch: list[tuple[NewEvent, asyncio.Future[Appended]]], exc: Exception) -> None:
+    log.warning("append failed: %s: %s", exc.__class__.__name__, exc)
+    _fail(batch, StoreUnavailable(f"database unavailable: {exc.__class__.__name__}"))
 
 
 def _expire(future: asyncio.Future[Appended]) -> None:

@@ -22,14 +22,15 @@ from app.workers import HOLD_WAIT, READY, TAKEN, Supervisor, Worker
 REQUEST = b"POST /callback?SdkAppid=1 HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-def channel_worker(supervisor: Supervisor, pid: int) -> tuple[Worker, socket.socket]:
-    """A ready Worker without a process, registered with `supervisor`; and the worker's end of its channel."""
+def channel_worker(supervisor: Supervisor, pid: int, *, ready: bool = True) -> tuple[Worker, socket.socket]:
+    """A Worker without a process (not ready: a replacement starting), registered with `supervisor`;
+    and the worker's end of its channel."""
     worker = object.__new__(Worker)
     worker.kind = None
     worker.channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     worker.channel.setblocking(False)
     worker.process = SimpleNamespace(pid=pid)  # type: ignore[assignment]
-    worker.ready = worker.started = True
+    worker.ready = worker.started = ready
     worker.open = 0
     worker.unclaimed = collections.deque()
     supervisor.workers.append(worker)
@@ -86,8 +87,7 @@ def test_a_connection_no_worker_is_ready_for_waits_for_the_next_ready_one(
 ) -> None:
     client, accepted = connection
     supervisor = Supervisor(Config("app.app:create_app"), 1)
-    restarting, restarting_end = channel_worker(supervisor, 201)
-    restarting.ready = False  # replaced after a crash, not serving yet
+    restarting, restarting_end = channel_worker(supervisor, 201, ready=False)
     supervisor.listener = socket.create_server(("127.0.0.1", 0))  # accepting resumes once it is ready
     supervisor._hand_over(accepted, None)
     assert accepted.fileno() != -1 and len(supervisor.held) == 1 and restarting.open == 0
@@ -114,8 +114,7 @@ def test_a_held_connection_is_closed_when_no_worker_becomes_ready_in_time(
 ) -> None:
     client, accepted = connection
     supervisor = Supervisor(Config("app.app:create_app"), 1)
-    restarting, restarting_end = channel_worker(supervisor, 301)
-    restarting.ready = False
+    _restarting, restarting_end = channel_worker(supervisor, 301, ready=False)
     now = 1000.0
     monkeypatch.setattr(time, "monotonic", lambda: now)
     supervisor._hand_over(accepted, None)
