@@ -37,6 +37,11 @@ class LiveRebuild:
         """Callbacks answered with anything but 2xx, or not answered because of a socket error."""
         return self.ingest.non_2xx + self.ingest.socket_errors
 
+    @property
+    def passed(self) -> bool:
+        """No callback refused, and the projections are the fold of the log afterwards."""
+        return self.callbacks_refused == 0 and self.projections_match is True
+
 
 def rebuild_while_ingesting(
     url: str,

@@ -42,6 +42,5 @@ class SuiteResult:
         if self.ingest is not None and self.ingest.correctness is not None:
             ok = ok and self.ingest.correctness.passed
         if self.live_rebuild is not None:
-            live = self.live_rebuild
-            ok = ok and live.callbacks_refused == 0 and live.projections_match is True
+            ok = ok and self.live_rebuild.passed
         return ok and all(case.counts_ok for case in self.rebuilds)
